@@ -1,0 +1,77 @@
+"""``python -m shared``: command-line tools around the bundles (phantoms, validate, datalist, evaluate, show, pack).
+
+Run ``python -m shared <command> --help`` for each command's arguments.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import fire
+
+
+def phantoms(dataset: str, out_dir: str, num_cases: int | None = None, seed: int = 0) -> None:
+    """Write a phantom dataset in the official layout of DATASET (kits19, lits or deeplesion) to OUT_DIR.
+
+    The phantoms look like CT in HU (body, organs, lesions of several sizes, look-alike distractors, noise);
+    the same seed gives the same files. NUM_CASES defaults to the dataset module's demo size.
+    """
+    from shared.data import dataset_module
+
+    module = dataset_module(dataset)
+    kwargs = {"seed": seed} if num_cases is None else {"seed": seed, "num_cases": num_cases}
+    root = module.make_phantoms(out_dir, **kwargs)
+    print(f"wrote {dataset} phantoms to {root}")
+
+
+def validate(dataset: str, root: str) -> None:
+    """Check that ROOT is a readable DATASET root; list every problem with its file and exit 1 if any."""
+    from shared.data import dataset_module
+
+    problems = dataset_module(dataset).validate(root)
+    if problems:
+        print(f"{len(problems)} problem(s) in {dataset} root {root}:", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        sys.exit(1)
+    print(f"{dataset} root {root} is valid")
+
+
+def datalist(dataset: str, root: str, out_json: str, seed: int = 0, fold: int = 0) -> None:
+    """Write the MONAI datalist (training/validation/test with the papers' splits) of a DATASET ROOT to OUT_JSON."""
+    from shared.data import dataset_module
+
+    data = dataset_module(dataset).make_datalist(root, seed=seed, fold=fold)
+    out = Path(out_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(out)
+    sizes = ", ".join(f"{k}: {len(v)}" for k, v in data.items() if isinstance(v, list))
+    print(f"wrote {out} ({sizes})")
+
+
+def evaluate(dataset: str, pred_dir: str, ref_dir: str, out_csv: str | None = None) -> None:
+    """Score the predictions in PRED_DIR against the references in REF_DIR as the DATASET challenge does.
+
+    Prints a per-case table and the summary; writes the table to OUT_CSV if given.
+    """
+    from shared.metrics import metrics_module
+
+    module = metrics_module(dataset)
+    table = module.evaluate_dir(pred_dir, ref_dir)
+    print(table.to_text())
+    if out_csv:
+        table.write_csv(out_csv)
+
+
+def main() -> None:
+    fire.Fire(
+        {
+            "phantoms": phantoms,
+            "validate": validate,
+            "datalist": datalist,
+            "evaluate": evaluate,
+        },
+        name="python -m shared",
+    )

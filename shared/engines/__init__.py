@@ -1,0 +1,1 @@
+"""Ignite trainers/evaluators for detection models, slice-wise volume inferers and ensembles."""

@@ -1,0 +1,1 @@
+"""Attention blocks and full models of the three bundles."""

@@ -1,0 +1,35 @@
+"""Fixtures every test module may use: paths to the repository and to ../shared beside it."""
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = REPO_ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+def _shared_path(*parts: str) -> Path:
+    path = SHARED_DIR.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs {path} (the read-only ../shared folder beside the repository), which is missing")
+    return path
+
+
+@pytest.fixture(scope="session")
+def totalseg_dir() -> Path:
+    """../shared/data/totalsegmentator_example: a real abdominal CT (NIfTI and DICOM) with organ labels."""
+    return _shared_path("data", "totalsegmentator_example")
+
+
+@pytest.fixture(scope="session")
+def meta_schema() -> Path:
+    """../shared/schemas/meta_schema_20240725.json, the MONAI bundle metadata schema for offline verify_metadata."""
+    return _shared_path("schemas", "meta_schema_20240725.json")
+
+
+META_SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
