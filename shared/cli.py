@@ -65,6 +65,30 @@ def evaluate(dataset: str, pred_dir: str, ref_dir: str, out_csv: str | None = No
         table.write_csv(out_csv)
 
 
+def pack(bundle: str, out: str = "dist", ckpt: str | None = None, base_url: str = "", torchscript: bool = True) -> None:
+    """Pack BUNDLE (a name under bundles/ or a folder) into OUT/<bundle>/ and OUT/<bundle>_v<version>.zip.
+
+    The zip holds configs, docs, LICENSE, models/model.pt (CKPT, default the bundle's models/model.pt), model.ts
+    where TorchScript export works, large_files.yml with SHA-256 hashes, and a copy of the `shared` package, so it
+    runs anywhere after `python -m monai.bundle download --name <bundle> --url <url-of-zip> --bundle_dir <dir>`.
+    """
+    from shared.packaging import pack_bundle
+
+    print(f"wrote {pack_bundle(bundle, out=out, ckpt=ckpt, base_url=base_url, torchscript=torchscript)}")
+
+
+def verify(bundle_dir: str) -> None:
+    """Check the weights of a packed or downloaded bundle against its large_files.yml; exit 1 on any mismatch."""
+    from shared.packaging import verify_weights
+
+    problems = verify_weights(bundle_dir)
+    if problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        sys.exit(1)
+    print(f"{bundle_dir}: weights match large_files.yml")
+
+
 def main() -> None:
     fire.Fire(
         {
@@ -72,6 +96,8 @@ def main() -> None:
             "validate": validate,
             "datalist": datalist,
             "evaluate": evaluate,
+            "pack": pack,
+            "verify": verify,
         },
         name="python -m shared",
     )
