@@ -1,0 +1,269 @@
+"""3DCE (Yan et al., MICCAI 2018) with contextual and spatial attention (Tao et al., MICCAI 2019, CS-Att sec. 2).
+
+The detector is a torchvision ``GeneralizedRCNN``: a transform, a backbone, an RPN and RoI heads, each injected.
+
+- Input: ``3M``-channel images, M three-slice images stacked on the channel axis with the key slice in the middle
+  image's middle channel (CS-Att sec. 2), already windowed and rescaled (``shared.transforms.deeplesion``), so the
+  transform neither normalises nor resizes; it only pads a batch to a multiple of ``size_divisible``.
+- Backbone (:class:`ThreeDCEBackbone`): one 2D network shared by the M images (VGG-16 up to relu5_3 with pool4
+  removed, stride 8, as 3DCE), CS-Att on the M relu5_3 maps (sec. 2.1-2.2), then per image a 1x1 convolution to
+  ``7 x 7 x 10`` position-sensitive channels, the M maps concatenated along channels (``M * 490``, sec. 2, 3DCE).
+  It returns ``{"key": features of the key image, "ps": concatenated position-sensitive maps}``.
+- RPN (:class:`KeyImageRPN`): torchvision's RPN on the key image's (attended) features only, anchors 16, 24, 32, 48,
+  96 px at ratios 0.5, 1, 2 (3DCE).
+- RoI heads: torchvision's ``RoIHeads`` (sampling, losses, post-processing) with position-sensitive RoI align
+  (:class:`PSRoIAlignPool`, 7 x 7 bins -> ``M * 10`` channels), one 2048-unit fully connected layer and
+  ``FastRCNNPredictor`` (the "improved R-FCN" of 3DCE).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
+from torchvision.models.detection.roi_heads import RoIHeads
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import ps_roi_align
+
+from shared.networks.blocks.contextual_spatial_attention import ContextualSpatialAttention
+
+BACKBONES = ("vgg16", "resnet50", "tiny")
+
+
+def build_slice_backbone(name: str = "vgg16", weights: str | None = None) -> tuple[nn.Module, int]:
+    """A 2D backbone of stride 8 for one 3-channel slice image and its output channels.
+
+    - ``vgg16``: torchvision VGG-16 ``features`` up to relu5_3 with pool4 removed (3DCE), 512 channels.
+    - ``resnet50``: conv1..layer3 of ResNet-50 with layer3 dilated instead of strided, 1024 channels.
+    - ``tiny``: three strided 3x3 convolutions, 32 channels, for tests and CPU smoke runs.
+
+    ``weights`` is passed to torchvision (``None``: random initialisation; ``"DEFAULT"``: ImageNet, as CS-Att sec. 3,
+    which needs the weights file to be downloadable or in the torch hub cache).
+    """
+    if name == "vgg16":
+        features = torchvision.models.vgg16(weights=weights).features
+        # indices: 23 = pool4 (removed, stride 16 -> 8), 29 = relu5_3 (kept), 30 = pool5 (dropped)
+        return nn.Sequential(*features[:23], *features[24:30]), 512
+    if name == "resnet50":
+        net = torchvision.models.resnet50(weights=weights, replace_stride_with_dilation=[False, True, False])
+        return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3), 1024
+    if name == "tiny":
+        layers: list[nn.Module] = []
+        for cin, cout in ((3, 16), (16, 32), (32, 32)):
+            layers += [nn.Conv2d(cin, cout, 3, stride=2, padding=1), nn.ReLU(inplace=True)]
+        return nn.Sequential(*layers), 32
+    raise ValueError(f"unknown backbone {name!r}: choose one of {', '.join(BACKBONES)}")
+
+
+class ThreeDCEBackbone(nn.Module):
+    """Shared 2D backbone over M slice images + CS-Att + position-sensitive maps (3DCE / CS-Att Fig. 1).
+
+    Input ``(B, 3M, H, W)``; output ``OrderedDict(key=(B, D, H/8, W/8), ps=(B, M*K*K*C, H/8, W/8))`` with ``K``
+    ``ps_size`` and ``C`` ``ps_channels``. :meth:`image_features` and :meth:`combine` split the forward pass so an
+    inferer can compute each slice image's features once and reuse them for neighbouring key slices.
+    """
+
+    def __init__(
+        self,
+        num_images: int = 3,
+        backbone: str = "vgg16",
+        backbone_weights: str | None = None,
+        contextual: bool = True,
+        spatial: bool = True,
+        ps_size: int = 7,
+        ps_channels: int = 10,
+        attention_kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+        if num_images < 1 or num_images % 2 == 0:
+            raise ValueError(f"num_images (M) must be odd so the key image is in the middle, got {num_images}")
+        self.num_images = num_images
+        self.body, self.out_channels = build_slice_backbone(backbone, backbone_weights)
+        self.attention = ContextualSpatialAttention(
+            self.out_channels, spatial_dims=2, contextual=contextual, spatial=spatial, kernel_size=attention_kernel_size
+        )
+        # 1x1 convolution to K*K*C position-sensitive channels, shared by the M images (3DCE improved R-FCN);
+        # no activation: the fully connected layer after the pooling has its own
+        self.ps_conv = nn.Conv2d(self.out_channels, ps_size * ps_size * ps_channels, 1)
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone features of 3-channel slice images: ``(N, 3, H, W) -> (N, D, H/8, W/8)``."""
+        return self.body(images)
+
+    def split_images(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 3M, H, W) -> (B*M, 3, H, W)``, images in slice order."""
+        b, c, h, w = x.shape
+        if c != 3 * self.num_images:
+            raise ValueError(f"expected {3 * self.num_images} channels (M={self.num_images} images of 3), got {c}")
+        return x.reshape(b * self.num_images, 3, h, w)
+
+    def combine(self, features: torch.Tensor, return_maps: bool = False):
+        """Attention and position-sensitive maps from per-image features ``(B, M, D, h, w)``."""
+        attended, maps = self.attention(features, return_maps=True)
+        b, m = attended.shape[:2]
+        ps = self.ps_conv(attended.flatten(0, 1))
+        out = OrderedDict(key=attended[:, m // 2], ps=ps.reshape(b, m * ps.shape[1], *ps.shape[2:]))
+        return (out, maps) if return_maps else out
+
+    def forward(self, x: torch.Tensor, return_maps: bool = False):
+        feats = self.image_features(self.split_images(x))
+        return self.combine(feats.reshape(x.shape[0], self.num_images, *feats.shape[1:]), return_maps=return_maps)
+
+
+class KeyImageRPN(RegionProposalNetwork):
+    """torchvision's RPN run on the key image's features only (``features["key"]``), as 3DCE."""
+
+    def forward(self, images, features, targets=None):
+        return super().forward(images, OrderedDict(key=features["key"]), targets)
+
+
+class PSRoIAlignPool(nn.Module):
+    """Position-sensitive RoI align (R-FCN) on ``features[featmap_name]`` with torchvision's ``ps_roi_align``.
+
+    Called like torchvision's box RoI pool: ``(features, proposals, image_shapes) -> (K, C / size^2, size, size)``.
+    """
+
+    def __init__(self, featmap_name: str = "ps", output_size: int = 7, stride: int = 8, sampling_ratio: int = 2):
+        super().__init__()
+        self.featmap_name = featmap_name
+        self.output_size = output_size
+        self.spatial_scale = 1.0 / stride
+        self.sampling_ratio = sampling_ratio
+
+    def forward(self, features, proposals, image_shapes):
+        return ps_roi_align(
+            features[self.featmap_name], proposals, self.output_size, self.spatial_scale, self.sampling_ratio
+        )
+
+
+class PaddingOnlyTransform(GeneralizedRCNNTransform):
+    """Batches images (padding to ``size_divisible``) without normalising or resizing them.
+
+    DeepLesion images are windowed and rescaled to 0.8 mm/pixel by the preprocessing (3DCE), so boxes stay in the
+    preprocessed image's pixels.
+    """
+
+    def __init__(self, size_divisible: int = 8):
+        super().__init__(min_size=1, max_size=1, image_mean=[0.0], image_std=[1.0], size_divisible=size_divisible)
+
+    def normalize(self, image: torch.Tensor) -> torch.Tensor:
+        if not image.is_floating_point():
+            raise TypeError(f"expected a floating point image (windowed to [0, 1]), got {image.dtype}")
+        return image
+
+    def resize(self, image, target=None):
+        return image, target
+
+
+class ThreeDCE(GeneralizedRCNN):
+    """3DCE detector with CS-Att (Tao et al. 2019), torchvision detection contract.
+
+    ``model(images, targets)`` in train mode returns the loss dict (``loss_objectness``, ``loss_rpn_box_reg``,
+    ``loss_classifier``, ``loss_box_reg``); in eval mode ``model(images)`` returns per image ``{"boxes", "scores",
+    "labels"}``. ``images`` is a list of ``(3M, H, W)`` float tensors; boxes ``(x1, y1, x2, y2)`` in pixels.
+
+    Args:
+        num_images: M three-slice images (3, 5, 7 => 9, 15, 21 slices, CS-Att Table 1).
+        backbone: ``vgg16`` (3DCE), ``resnet50`` or ``tiny``; ``backbone_weights`` as torchvision's ``weights``.
+        contextual, spatial: CS-Att switches (Table 3 ablation; both off = plain 3DCE).
+        num_classes: including background (2: lesion / not).
+        anchor_sizes, aspect_ratios: RPN anchors in pixels (3DCE: 16, 24, 32, 48, 96 and 0.5, 1, 2).
+        ps_size, ps_channels: position-sensitive grid (7) and channels per image (10) => 490 maps per image.
+        fc_channels: the fully connected layer after the pooling (2048, improved R-FCN).
+        rpn_*/box_*: torchvision RPN/RoIHeads parameters. Sampling sizes follow 3DCE's released configuration as we
+        recall it (32 anchors, 64 RoIs per image); the test-time NMS (0.3) and proposal numbers are the Faster
+        R-CNN defaults 3DCE inherits. All are config values.
+    """
+
+    def __init__(
+        self,
+        num_images: int = 3,
+        backbone: str = "vgg16",
+        backbone_weights: str | None = None,
+        contextual: bool = True,
+        spatial: bool = True,
+        num_classes: int = 2,
+        anchor_sizes: tuple[int, ...] = (16, 24, 32, 48, 96),
+        aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
+        ps_size: int = 7,
+        ps_channels: int = 10,
+        fc_channels: int = 2048,
+        attention_kernel_size: int = 3,
+        size_divisible: int = 8,
+        rpn_pre_nms_top_n_train: int = 12000,
+        rpn_post_nms_top_n_train: int = 2000,
+        rpn_pre_nms_top_n_test: int = 6000,
+        rpn_post_nms_top_n_test: int = 300,
+        rpn_nms_thresh: float = 0.7,
+        rpn_fg_iou_thresh: float = 0.7,
+        rpn_bg_iou_thresh: float = 0.3,
+        rpn_batch_size_per_image: int = 32,
+        rpn_positive_fraction: float = 0.5,
+        box_fg_iou_thresh: float = 0.5,
+        box_bg_iou_thresh: float = 0.5,
+        box_batch_size_per_image: int = 64,
+        box_positive_fraction: float = 0.25,
+        box_score_thresh: float = 0.001,
+        box_nms_thresh: float = 0.3,
+        box_detections_per_img: int = 100,
+    ) -> None:
+        body = ThreeDCEBackbone(
+            num_images, backbone, backbone_weights, contextual, spatial, ps_size, ps_channels, attention_kernel_size
+        )
+        anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
+        rpn = KeyImageRPN(
+            anchors,
+            RPNHead(body.out_channels, anchors.num_anchors_per_location()[0]),
+            rpn_fg_iou_thresh,
+            rpn_bg_iou_thresh,
+            rpn_batch_size_per_image,
+            rpn_positive_fraction,
+            {"training": rpn_pre_nms_top_n_train, "testing": rpn_pre_nms_top_n_test},
+            {"training": rpn_post_nms_top_n_train, "testing": rpn_post_nms_top_n_test},
+            rpn_nms_thresh,
+        )
+        pooled = num_images * ps_channels * ps_size * ps_size
+        roi_heads = RoIHeads(
+            PSRoIAlignPool("ps", ps_size, stride=8),
+            nn.Sequential(nn.Flatten(), nn.Linear(pooled, fc_channels), nn.ReLU(inplace=True)),
+            FastRCNNPredictor(fc_channels, num_classes),
+            box_fg_iou_thresh,
+            box_bg_iou_thresh,
+            box_batch_size_per_image,
+            box_positive_fraction,
+            None,
+            box_score_thresh,
+            box_nms_thresh,
+            box_detections_per_img,
+        )
+        super().__init__(body, rpn, roi_heads, PaddingOnlyTransform(size_divisible))
+        self.num_images = num_images
+
+    def detect_from_features(self, features: torch.Tensor, image_size: tuple[int, int]):
+        """Detections from precomputed per-image backbone features ``(B, M, D, h, w)`` of padded images.
+
+        ``image_size`` is the (unpadded) ``(H, W)`` of every image of the batch. Used by the whole-volume inferer,
+        which caches :meth:`ThreeDCEBackbone.image_features` per slice image. Eval mode only.
+        """
+        from torchvision.models.detection.image_list import ImageList
+
+        b, _, _, h, w = features.shape
+        padded = torch.empty(b, 0, h * 8, w * 8, device=features.device)  # RPN anchors read only sizes and dtype
+        images = ImageList(padded.to(features.dtype), [tuple(image_size)] * b)
+        feats = self.backbone.combine(features)
+        proposals, _ = self.rpn(images, feats)
+        detections, _ = self.roi_heads(feats, proposals, images.image_sizes)
+        return detections
+
+    @torch.no_grad()
+    def attention_maps(self, images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """CS-Att maps ``C''`` and ``S''`` (``(B, M, D, h, w)`` each, where switched on) for visualisation."""
+        image_list, _ = self.transform(images)
+        _, maps = self.backbone(image_list.tensors, return_maps=True)
+        return maps
