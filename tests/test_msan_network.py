@@ -1,0 +1,93 @@
+"""The MSAN network family: shapes, variants, deep supervision, gradients, TorchScript."""
+
+import math
+
+import pytest
+import torch
+from monai.losses import DeepSupervisionLoss, DiceLoss
+
+from shared.networks.msan import MSAN
+
+CHANNELS = (4, 8, 16)
+ANISO = ((2, 2, 1), (2, 2, 2))
+
+
+def _count(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("variant", ["unet", "v1", "v2"])
+@pytest.mark.parametrize(
+    "strides, size",
+    [((2, 2), (16, 16, 8)), (ANISO, (16, 12, 4)), (ANISO, (17, 13, 5))],
+    ids=["isotropic", "anisotropic", "odd"],
+)
+def test_output_shape(variant, strides, size):
+    model = MSAN(channels=CHANNELS, strides=strides, variant=variant).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, *size)).shape == (1, 3, *size)
+
+
+def test_deep_supervision_returns_list_in_training_and_main_output_in_eval():
+    torch.manual_seed(0)
+    model = MSAN(channels=CHANNELS, strides=ANISO, variant="v2", deep_supervision=True)
+    x = torch.randn(2, 1, 16, 12, 4)
+    outputs = model.train()(x)
+    # full resolution, then after the second-last pooling (16/2, 12/2, 4/1), then after the last (8/2, 6/2, 4/2)
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 16, 12, 4), (2, 3, 8, 6, 4), (2, 3, 4, 3, 2)]
+    label = torch.randint(0, 3, (2, 1, 16, 12, 4)).float()  # as LoadImaged gives labels
+    loss = DeepSupervisionLoss(DiceLoss(to_onehot_y=True, softmax=True))(outputs, label)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    with torch.no_grad():
+        main = model.eval()(x)
+    assert isinstance(main, torch.Tensor) and main.shape == (2, 3, 16, 12, 4)
+
+
+@pytest.mark.parametrize("variant", ["unet", "v1", "v2"])
+def test_gradients_reach_every_parameter(variant):
+    torch.manual_seed(0)
+    model = MSAN(channels=CHANNELS, strides=ANISO, variant=variant, deep_supervision=True).train()
+    outputs = model(torch.randn(2, 1, 8, 8, 4))
+    sum(o.square().mean() for o in outputs).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not missing
+
+
+def test_variants_add_exactly_their_modules_parameters():
+    c, s, out = CHANNELS, ANISO, 3
+    unet = _count(MSAN(channels=c, strides=s, variant="unet"))
+    v1 = _count(MSAN(channels=c, strides=s, variant="v1"))
+    v2 = _count(MSAN(channels=c, strides=s, variant="v2", res2net_scale=4))
+    v2_ds = _count(MSAN(channels=c, strides=s, variant="v2", deep_supervision=True))
+    # V1: one transposed conv C_{i+1} -> C_i, kernel = stride, with bias, per skip
+    attention = sum(c[i + 1] * c[i] * math.prod(s[i]) + c[i] for i in range(len(s)))
+    assert v1 - unet == attention
+    # V2: Res2Net 8 -> 16, width 16 // 4 = 4, hidden 16, three 3x3x3 group convs; conv + batch norm (2 per channel)
+    res2net = (8 * 16 + 16 + 2 * 16) + 3 * (4 * 4 * 27 + 4 + 2 * 4) + (16 * 16 + 16 + 2 * 16) + (8 * 16 + 16 + 2 * 16)
+    assert v2 - v1 == res2net
+    # deep supervision: two 1x1x1 heads on 8 and 16 channels
+    assert v2_ds - v2 == (8 * out + out) + (16 * out + out)
+
+
+def test_rejects_bad_configuration():
+    with pytest.raises(ValueError, match="unknown MSAN variant"):
+        MSAN(variant="v3")
+    with pytest.raises(ValueError, match="strides"):
+        MSAN(channels=(4, 8, 16), strides=(2,))
+    with pytest.raises(ValueError, match="at least 3 levels"):
+        MSAN(channels=(4, 8), strides=(2,), deep_supervision=True)
+
+
+def test_torchscript_matches_eager_in_eval():
+    torch.manual_seed(0)
+    model = MSAN(channels=CHANNELS, strides=ANISO, variant="v2", deep_supervision=True).eval()
+    x = torch.randn(1, 1, 9, 8, 4)
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), model(x), atol=1e-5)
+
+
+def test_2d_network():
+    model = MSAN(spatial_dims=2, channels=CHANNELS, strides=(2, 2), variant="v2").eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 15, 10)).shape == (1, 3, 15, 10)
