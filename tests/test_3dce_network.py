@@ -83,16 +83,8 @@ def test_eval_returns_boxes_inside_the_image():
         assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= 70).all() and (boxes[:, 3] <= 60).all()
 
 
-def test_detect_from_cached_image_features_equals_full_forward():
-    model = _tiny(box_score_thresh=0.0).eval()
-    image = torch.rand(9, 64, 64)
-    with torch.no_grad():
-        full = model([image])[0]
-        feats = model.backbone.image_features(image.reshape(3, 3, 64, 64))
-        cached = model.detect_from_features(feats.unsqueeze(0), (64, 64))[0]
-    assert len(full["boxes"]) > 0
-    assert torch.allclose(full["boxes"], cached["boxes"], atol=1e-4)
-    assert torch.allclose(full["scores"], cached["scores"], atol=1e-5)
+def test_image_offsets_are_centres_of_three_slice_images():
+    assert ThreeDCEBackbone(num_images=5, backbone="tiny").image_offsets == [-6, -3, 0, 3, 6]
 
 
 def test_attention_maps_are_max_normalized():

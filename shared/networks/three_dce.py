@@ -65,8 +65,9 @@ class ThreeDCEBackbone(nn.Module):
     """Shared 2D backbone over M slice images + CS-Att + position-sensitive maps (3DCE / CS-Att Fig. 1).
 
     Input ``(B, 3M, H, W)``; output ``OrderedDict(key=(B, D, H/8, W/8), ps=(B, M*K*K*C, H/8, W/8))`` with ``K``
-    ``ps_size`` and ``C`` ``ps_channels``. :meth:`image_features` and :meth:`combine` split the forward pass so an
-    inferer can compute each slice image's features once and reuse them for neighbouring key slices.
+    ``ps_size`` and ``C`` ``ps_channels``. :attr:`image_offsets`, :meth:`image_features` and :meth:`attend` split the
+    forward pass (the same protocol as ``shared.networks.va_rcnn.VABackbone``) so the whole-volume inferer computes
+    each slice image's features once and reuses them for neighbouring key slices.
     """
 
     def __init__(
@@ -92,6 +93,11 @@ class ThreeDCEBackbone(nn.Module):
         # no activation: the fully connected layer after the pooling has its own
         self.ps_conv = nn.Conv2d(self.out_channels, ps_size * ps_size * ps_channels, 1)
 
+    @property
+    def image_offsets(self) -> list[int]:
+        """Centres of the M slice images in (2 mm) slices from the key slice: ``3 (i - M // 2)``."""
+        return [3 * (i - self.num_images // 2) for i in range(self.num_images)]
+
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features of 3-channel slice images: ``(N, 3, H, W) -> (N, D, H/8, W/8)``."""
         return self.body(images)
@@ -103,7 +109,7 @@ class ThreeDCEBackbone(nn.Module):
             raise ValueError(f"expected {3 * self.num_images} channels (M={self.num_images} images of 3), got {c}")
         return x.reshape(b * self.num_images, 3, h, w)
 
-    def combine(self, features: torch.Tensor, return_maps: bool = False):
+    def attend(self, features: torch.Tensor, return_maps: bool = False):
         """Attention and position-sensitive maps from per-image features ``(B, M, D, h, w)``."""
         attended, maps = self.attention(features, return_maps=True)
         b, m = attended.shape[:2]
@@ -113,7 +119,7 @@ class ThreeDCEBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor, return_maps: bool = False):
         feats = self.image_features(self.split_images(x))
-        return self.combine(feats.reshape(x.shape[0], self.num_images, *feats.shape[1:]), return_maps=return_maps)
+        return self.attend(feats.reshape(x.shape[0], self.num_images, *feats.shape[1:]), return_maps=return_maps)
 
 
 class KeyImageRPN(RegionProposalNetwork):
@@ -244,22 +250,6 @@ class ThreeDCE(GeneralizedRCNN):
         )
         super().__init__(body, rpn, roi_heads, PaddingOnlyTransform(size_divisible))
         self.num_images = num_images
-
-    def detect_from_features(self, features: torch.Tensor, image_size: tuple[int, int]):
-        """Detections from precomputed per-image backbone features ``(B, M, D, h, w)`` of padded images.
-
-        ``image_size`` is the (unpadded) ``(H, W)`` of every image of the batch. Used by the whole-volume inferer,
-        which caches :meth:`ThreeDCEBackbone.image_features` per slice image. Eval mode only.
-        """
-        from torchvision.models.detection.image_list import ImageList
-
-        b, _, _, h, w = features.shape
-        padded = torch.empty(b, 0, h * 8, w * 8, device=features.device)  # RPN anchors read only sizes and dtype
-        images = ImageList(padded.to(features.dtype), [tuple(image_size)] * b)
-        feats = self.backbone.combine(features)
-        proposals, _ = self.rpn(images, feats)
-        detections, _ = self.roi_heads(feats, proposals, images.image_sizes)
-        return detections
 
     @torch.no_grad()
     def attention_maps(self, images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
