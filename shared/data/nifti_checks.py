@@ -1,0 +1,67 @@
+"""Checks of NIfTI image/label pairs shared by the KiTS19 and LiTS validators: readable, 3D, same grid, classes.
+
+Every reader failure (truncated gzip, short file, not NIfTI) becomes a message starting with the file's path;
+nothing here raises on bad data.
+"""
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+
+def _read(path: Path) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
+    """(data, affine, None) or (None, None, problem): reads the whole array, so truncation is found."""
+    try:
+        image = nib.load(path)
+        data = np.asanyarray(image.dataobj)
+        return data, image.affine, None
+    except Exception as err:  # noqa: BLE001 - any reader failure is reported, never raised
+        reason = f"{type(err).__name__}: {err}".strip()
+        return None, None, f"{path}: unreadable NIfTI ({reason}); the file is truncated or corrupt: copy it again"
+
+
+def check_image(path: Path) -> tuple[tuple[np.ndarray, np.ndarray] | None, list[str]]:
+    """Read a CT volume; return ((data, affine) or None, problems): unreadable, not 3D, singular affine."""
+    data, affine, problem = _read(path)
+    if problem:
+        return None, [problem]
+    problems = []
+    if data.ndim != 3:
+        problems.append(f"{path}: image is not 3D (shape {data.shape}); expected one CT volume (x, y, z)")
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
+        problems.append(f"{path}: invalid affine (singular or not finite); re-export the volume with its geometry")
+    return (data, affine), problems
+
+
+def check_pair(image_path: Path, label_path: Path, classes: dict[int, str], dataset: str) -> list[str]:
+    """Problems of an image/label pair: each readable and 3D, same shape and affine, labels in ``classes``."""
+    image, problems = check_image(image_path)
+    label_data, label_affine, problem = _read(label_path)
+    if problem:
+        return [*problems, problem]
+    if label_data.ndim != 3:
+        return [*problems, f"{label_path}: label is not 3D (shape {label_data.shape}); expected one label volume"]
+    names = ", ".join(f"{k} ({v})" for k, v in classes.items())
+    outside = ~np.isin(label_data, list(classes))
+    if outside.any():
+        values = np.unique(label_data[outside])
+        shown = ", ".join(f"{v:g}" for v in values[:5]) + (", ..." if values.size > 5 else "")
+        problems.append(
+            f"{label_path}: {int(outside.sum())} voxels have label values {shown} outside the {dataset} classes "
+            f"{names}; fix the label map"
+        )
+    if image is None:
+        return problems
+    image_data, image_affine = image
+    if image_data.shape != label_data.shape:
+        problems.append(
+            f"{label_path}: label shape {label_data.shape} differs from image {image_path.name} shape "
+            f"{image_data.shape}; the label must be on the image's voxel grid"
+        )
+    elif not np.allclose(image_affine, label_affine, rtol=1e-4, atol=1e-3):
+        problems.append(
+            f"{label_path}: label affine differs from image {image_path.name} affine (max difference "
+            f"{np.abs(image_affine - label_affine).max():.4g} mm); the label must be on the image's voxel grid"
+        )
+    return problems
