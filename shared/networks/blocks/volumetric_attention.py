@@ -1,0 +1,117 @@
+"""Volumetric Attention (VA) block: Wang et al., "Volumetric Attention for 3D Medical Image Segmentation and
+Detection", MICCAI 2019, sections 2.1-2.3 and Fig. 3.
+
+A 2.5D network sees a *bag* of feature maps ``X_long = [X_1, ..., X_N]`` (eq. 1), one per 2.5D image, in z order,
+with the target image at ``target_index`` (the middle one by default). The block returns the target features refined
+by two attentions computed from the whole bag:
+
+- volumetric channel attention (sec. 2.2, eq. 2): global average pooling, a shared embedding
+  ``F_emb^c = W2 relu(W1 .)`` (two 1x1 convolutions, reduction 16) of target and bag, slice attention
+  ``S_att^c = softmax_N(F_emb^c(X_tgt) . F_emb^c(X_long))``, attended embedding ``S_att^c . F_emb^c(X_long)``
+  through ReLU, 1x1 convolution and sigmoid -> channel gate ``S_c`` (C x 1 x 1), multiplied channel-wise.
+- volumetric spatial attention (sec. 2.3, eq. 3): channel max and mean pooling -> 2 x H x W, learned convolutional
+  embedding ``F_emb^s = W F_pool^s``, slice attention ``S_att^s = softmax_N(F_emb^s(X_tgt) . F_emb^s(X_long))``,
+  attended spatial embedding through ReLU, convolution and sigmoid -> spatial gate ``S_s`` (1 x H x W), multiplied
+  element-wise.
+
+The two are applied sequentially, channel first (sec. 1: "sequentially infers ... channel and spatial", as in
+CBAM): the channel gate is applied to every member of the bag, and the spatial attention is computed from the
+channel-gated bag. Choices where the paper is vague are marked "vague:" below.
+"""
+
+import torch
+from torch import nn
+
+
+class VolumetricAttention(nn.Module):
+    """Volumetric channel + spatial attention over a bag of N feature maps (VA paper sec. 2.1-2.3).
+
+    Args:
+        spatial_dims: 2 (feature maps H x W, the paper's case) or 3 (D x H x W, pooled/convolved alike).
+        in_channels: C, channels of every feature map in the bag.
+        reduction: channel reduction ratio of the embedding ``W1`` (paper: 16).
+        spatial_kernel_size: kernel of the spatial embedding ``W`` and of the spatial head convolution.
+        channel: use volumetric channel attention (Table 2d ablation).
+        spatial: use volumetric spatial attention (Table 2d ablation).
+
+    Forward:
+        bag: (B, N, C, *spatial) features in z order.
+        target_index: index of the target image in the bag (default: the middle one, ``N // 2``).
+        returns: (B, C, *spatial), the attended target features (the target itself when both switches are off).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        reduction: int = 16,
+        spatial_kernel_size: int = 7,
+        channel: bool = True,
+        spatial: bool = True,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        self.spatial_dims = spatial_dims
+        self.channel = channel
+        self.spatial = spatial
+        if channel:
+            hidden = max(in_channels // reduction, 1)
+            # F_emb^c = W2 relu(W1 F_avg^c(.)), shared by target and bag (eq. 2).
+            self.channel_embedding = nn.Sequential(
+                conv(in_channels, hidden, 1), nn.ReLU(inplace=True), conv(hidden, in_channels, 1)
+            )
+            # relu -> 1x1 conv -> sigmoid on the attended embedding gives S_c.
+            self.channel_head = nn.Sequential(nn.ReLU(), conv(in_channels, in_channels, 1), nn.Sigmoid())
+        if spatial:
+            pad = spatial_kernel_size // 2
+            # vague: "W is a learned convolutional weight layer"; a 2 -> 1 channel k x k convolution as in CBAM.
+            self.spatial_embedding = conv(2, 1, spatial_kernel_size, padding=pad)
+            # vague: "an architecture similar to that of Section 2.2"; relu -> k x k conv (1 -> 1) -> sigmoid.
+            self.spatial_head = nn.Sequential(nn.ReLU(), conv(1, 1, spatial_kernel_size, padding=pad), nn.Sigmoid())
+
+    @staticmethod
+    def _bag_softmax(target_emb: torch.Tensor, bag_emb: torch.Tensor) -> torch.Tensor:
+        """Slice attention softmax_N(target . bag) for embeddings flattened to (B, L) and (B, N, L) -> (B, N)."""
+        return torch.softmax(torch.einsum("bl,bnl->bn", target_emb, bag_emb), dim=1)
+
+    def channel_attention(self, bag: torch.Tensor, target_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 2. Returns (slice attention S_att^c (B, N), channel gate S_c (B, C, 1, ...))."""
+        b, n, c = bag.shape[:3]
+        ones = (1,) * self.spatial_dims
+        pooled = bag.flatten(3).mean(dim=3).reshape(b * n, c, *ones)  # F_avg^c
+        emb = self.channel_embedding(pooled).reshape(b, n, c)  # F_emb^c of every bag member (target included)
+        att = self._bag_softmax(emb[:, target_index], emb)
+        attended = torch.einsum("bn,bnc->bc", att, emb).reshape(b, c, *ones)
+        return att, self.channel_head(attended)
+
+    def spatial_attention(self, bag: torch.Tensor, target_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 3. Returns (slice attention S_att^s (B, N), spatial gate S_s (B, 1, *spatial))."""
+        b, n = bag.shape[:2]
+        spatial = bag.shape[3:]
+        flat = bag.flatten(0, 1)
+        pooled = torch.cat([flat.amax(dim=1, keepdim=True), flat.mean(dim=1, keepdim=True)], dim=1)  # F_pool^s
+        emb = self.spatial_embedding(pooled).reshape(b, n, -1)  # F_emb^s flattened over H x W
+        # vague: the product of two 1 x H x W embeddings; we flatten them and take the dot product divided by H*W
+        # (a mean), so that the softmax temperature does not grow with the resolution of the pyramid level.
+        att = self._bag_softmax(emb[:, target_index] / emb.shape[2], emb)
+        attended = torch.einsum("bn,bnl->bl", att, emb).reshape(b, 1, *spatial)
+        return att, self.spatial_head(attended)
+
+    def forward(self, bag: torch.Tensor, target_index: int | None = None) -> torch.Tensor:
+        if bag.ndim != self.spatial_dims + 3:
+            raise ValueError(
+                f"expected a bag (B, N, C, *spatial) with {self.spatial_dims} spatial dims, got {bag.shape}"
+            )
+        n = bag.shape[1]
+        t = n // 2 if target_index is None else target_index
+        if not -n <= t < n:
+            raise ValueError(f"target_index {t} outside a bag of {n}")
+        if self.channel:
+            _, gate = self.channel_attention(bag, t)
+            bag = bag * gate.unsqueeze(1)
+        if self.spatial:
+            _, gate = self.spatial_attention(bag, t)
+            return bag[:, t] * gate
+        return bag[:, t]

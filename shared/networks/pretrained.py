@@ -1,0 +1,98 @@
+"""Load parts of a local detector checkpoint onto a model, with a report of what matched (VA paper sec. 3.2).
+
+The VA paper copies "the weights of the feature extractor and RPN from detectors pre-trained on MS-COCO and
+DeepLesion". :func:`load_pretrained` does that from a file the user supplies (nothing is downloaded): a torchvision
+COCO Mask R-CNN ``state_dict`` (``maskrcnn_resnet50_fpn_coco-*.pth``), a DeepLesion VA Faster R-CNN trained by the
+``cs_att_deeplesion`` bundle, or any checkpoint whose keys follow torchvision's detector names.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+WRAPPER_KEYS = ("model", "state_dict", "network", "net")  # dicts that MONAI CheckpointSaver and others write
+
+
+@dataclass
+class LoadReport:
+    """Keys under the requested prefixes: loaded, missing from the checkpoint, shape mismatches, unknown to model."""
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, checkpoint shape, model shape)
+    unexpected: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = (
+            f"loaded {len(self.loaded)}, missing {len(self.missing)}, shape mismatch {len(self.mismatched)}, "
+            f"not in model {len(self.unexpected)}"
+        )
+        details = [f"  missing: {k}" for k in self.missing]
+        details += [f"  shape mismatch: {k} checkpoint {c} model {m}" for k, c, m in self.mismatched]
+        details += [f"  not in model: {k}" for k in self.unexpected]
+        return "\n".join([text, *details])
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file (.pt/.pth via ``torch.load(weights_only=True)``, or .safetensors).
+
+    A dict wrapping the state dict under ``model``/``state_dict``/``network``/``net`` is unwrapped and a DDP
+    ``module.`` prefix removed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained checkpoint {path} does not exist: give the path of a local .pt/.pth file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(
+                f"cannot read checkpoint {path} (corrupt, or not a weights-only torch file): {err}"
+            ) from err
+    for key in WRAPPER_KEYS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"checkpoint {path} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_pretrained(model: nn.Module, path: str | Path, prefixes: tuple[str, ...] = ("backbone", "rpn")) -> LoadReport:
+    """Copy the checkpoint's tensors whose keys start with one of ``prefixes`` onto ``model``; log and return a report.
+
+    Tensors with a matching name and shape are loaded; the others are reported (``missing``: model keys under the
+    prefixes that the checkpoint lacks, e.g. the VA blocks when starting from COCO; ``mismatched``: same name,
+    other shape; ``unexpected``: checkpoint keys the model does not have). Nothing outside the prefixes is touched.
+    """
+    checkpoint = read_state_dict(path)
+    target = model.state_dict()
+
+    def selected(key: str) -> bool:
+        return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+    report = LoadReport()
+    to_load = {}
+    for key, value in checkpoint.items():
+        if not selected(key):
+            continue
+        if key not in target:
+            report.unexpected.append(key)
+        elif target[key].shape != value.shape:
+            report.mismatched.append((key, tuple(value.shape), tuple(target[key].shape)))
+        else:
+            to_load[key] = value
+    report.missing = [k for k in target if selected(k) and k not in checkpoint]
+    model.load_state_dict(to_load, strict=False)
+    report.loaded = sorted(to_load)
+    logger.info("pretrained weights from %s (prefixes %s): %s", path, ", ".join(prefixes), report.summary())
+    return report

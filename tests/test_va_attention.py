@@ -1,0 +1,107 @@
+"""Volumetric Attention block (VA paper sec. 2.1-2.3): equations 2 and 3, softmax over the bag, switches, shapes."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shared.networks.blocks.volumetric_attention import VolumetricAttention
+
+
+def _block(seed: int = 0, **kwargs) -> VolumetricAttention:
+    torch.manual_seed(seed)
+    return VolumetricAttention(2, 32, **kwargs).eval()
+
+
+def _bag(n: int = 5, seed: int = 1, b: int = 2) -> torch.Tensor:
+    return torch.randn(b, n, 32, 6, 7, generator=torch.Generator().manual_seed(seed))
+
+
+def test_slice_attention_is_a_softmax_over_the_bag():
+    block, bag = _block(), _bag()
+    for att, _ in (block.channel_attention(bag, 2), block.spatial_attention(bag, 2)):
+        assert att.shape == (2, 5)
+        assert (att > 0).all()
+        torch.testing.assert_close(att.sum(dim=1), torch.ones(2))
+
+
+def test_identical_bag_gives_uniform_attention():
+    block = _block()
+    image = _bag(n=1)
+    bag = image.expand(-1, 7, -1, -1, -1)
+    for att, _ in (block.channel_attention(bag, 3), block.spatial_attention(bag, 3)):
+        torch.testing.assert_close(att, torch.full((2, 7), 1 / 7))
+
+
+def test_channel_attention_follows_equation_2():
+    block, bag = _block(), _bag(n=3, b=1)
+    w1, w2 = block.channel_embedding[0], block.channel_embedding[2]
+    head = block.channel_head[1]
+    pooled = bag[0].mean(dim=(2, 3))  # (N, C): global average pooling of each bag member
+    emb = F.linear(torch.relu(F.linear(pooled, w1.weight[:, :, 0, 0], w1.bias)), w2.weight[:, :, 0, 0], w2.bias)
+    target = emb[1]  # 1 x C, the middle image
+    logits = torch.stack([torch.dot(target, emb[k]) for k in range(3)])
+    att = torch.exp(logits - logits.max()) / torch.exp(logits - logits.max()).sum()
+    attended = (att[:, None] * emb).sum(dim=0)  # S_att^c . F_emb^c(X_long), 1 x C
+    gate = torch.sigmoid(F.linear(torch.relu(attended), head.weight[:, :, 0, 0], head.bias))
+    got_att, got_gate = block.channel_attention(bag, 1)
+    torch.testing.assert_close(got_att[0], att)
+    torch.testing.assert_close(got_gate[0, :, 0, 0], gate)
+
+
+def test_spatial_attention_follows_equation_3():
+    block, bag = _block(), _bag(n=3, b=1)
+    pooled = torch.stack([bag[0].amax(dim=1), bag[0].mean(dim=1)], dim=1)  # (N, 2, H, W)
+    emb = block.spatial_embedding(pooled)[:, 0]  # (N, H, W)
+    logits = torch.stack([(emb[1] * emb[k]).sum() / emb[k].numel() for k in range(3)])
+    att = torch.softmax(logits, dim=0)
+    attended = (att[:, None, None] * emb).sum(dim=0)
+    gate = block.spatial_head(attended[None, None])[0]
+    got_att, got_gate = block.spatial_attention(bag, 1)
+    torch.testing.assert_close(got_att[0], att)
+    torch.testing.assert_close(got_gate[0], gate)
+
+
+def test_switches_turn_parts_off():
+    bag = _bag()
+    target = bag[:, 2]
+    channel_only = _block(spatial=False)
+    assert not hasattr(channel_only, "spatial_embedding")
+    _, gate = channel_only.channel_attention(bag, 2)
+    torch.testing.assert_close(channel_only(bag), target * gate)
+
+    spatial_only = _block(channel=False)
+    assert not hasattr(spatial_only, "channel_embedding")
+    _, gate = spatial_only.spatial_attention(bag, 2)
+    torch.testing.assert_close(spatial_only(bag), target * gate)
+
+    both = _block()
+    _, c_gate = both.channel_attention(bag, 2)
+    _, s_gate = both.spatial_attention(bag * c_gate.unsqueeze(1), 2)
+    torch.testing.assert_close(both(bag), target * c_gate * s_gate)
+
+    torch.testing.assert_close(_block(channel=False, spatial=False)(bag), target)
+
+
+def test_gradients_reach_every_parameter():
+    block = _block().train()
+    bag = _bag().requires_grad_(True)
+    block(bag).square().mean().backward()
+    for name, param in block.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    # context images (not only the target) receive gradient: the attention really looks at the bag
+    assert bag.grad[:, 0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("n", [1, 3, 9])
+def test_shapes_for_several_bag_sizes(n):
+    bag = _bag(n=n)
+    assert _block()(bag).shape == (2, 32, 6, 7)
+    bag3d = torch.randn(1, n, 32, 3, 4, 5)
+    assert VolumetricAttention(3, 32)(bag3d).shape == (1, 32, 3, 4, 5)
+
+
+def test_bad_bag_shape_and_target_index_are_refused():
+    with pytest.raises(ValueError, match="expected a bag"):
+        _block()(torch.randn(2, 32, 6, 7))
+    with pytest.raises(ValueError, match="target_index"):
+        _block()(_bag(n=3), target_index=3)

@@ -1,0 +1,135 @@
+"""VA Mask R-CNN / VA Faster R-CNN on torchvision: backbone wrapper shapes, baseline switch, training steps."""
+
+import pytest
+import torch
+
+from shared.networks.blocks.volumetric_attention import VolumetricAttention
+from shared.networks.va_rcnn import VABackbone, build_va_faster_rcnn, build_va_mask_rcnn
+
+SIZE = 64
+
+
+def _tiny(builder=build_va_mask_rcnn, **kwargs):
+    torch.manual_seed(0)
+    args = {"bag_size": 3, "min_size": SIZE, "max_size": SIZE, "backbone": "resnet18"}
+    if builder is build_va_faster_rcnn:
+        args["num_classes"] = 2
+    return builder(**{**args, **kwargs})
+
+
+def _sample(n: int = 3):
+    """One bag (3n, 64, 64) with a bright square (class 1) and its box/mask."""
+    g = torch.Generator().manual_seed(0)
+    image = 0.1 * torch.rand(3 * n, SIZE, SIZE, generator=g)
+    image[:, 16:40, 20:48] += 0.8
+    mask = torch.zeros(1, SIZE, SIZE, dtype=torch.uint8)
+    mask[0, 16:40, 20:48] = 1
+    target = {"boxes": torch.tensor([[20.0, 16.0, 48.0, 40.0]]), "labels": torch.tensor([1]), "masks": mask}
+    return image, target
+
+
+def test_wrapper_returns_fpn_shapes_and_keeps_torchvision_names():
+    model = build_va_mask_rcnn(bag_size=5, min_size=SIZE, max_size=SIZE)  # ResNet-50 FPN, the paper's backbone
+    backbone = model.backbone
+    assert isinstance(backbone, VABackbone) and backbone.out_channels == 256
+    assert backbone.image_offsets == [-6, -3, 0, 3, 6]
+    assert set(backbone.attention) == {"0", "1", "2", "3", "pool"}
+    assert all(isinstance(m, VolumetricAttention) for m in backbone.attention.values())
+    feats = backbone(torch.rand(2, 15, SIZE, SIZE))
+    assert [(k, tuple(v.shape)) for k, v in feats.items()] == [
+        ("0", (2, 256, 16, 16)),
+        ("1", (2, 256, 8, 8)),
+        ("2", (2, 256, 4, 4)),
+        ("3", (2, 256, 2, 2)),
+        ("pool", (2, 256, 1, 1)),
+    ]
+    keys = model.state_dict().keys()
+    assert "backbone.body.conv1.weight" in keys and "backbone.fpn.inner_blocks.0.0.weight" in keys
+    with pytest.raises(ValueError, match="15 channels"):
+        backbone(torch.rand(1, 9, SIZE, SIZE))
+
+
+def test_wrapper_normalises_each_image_with_imagenet_statistics():
+    backbone = _tiny().backbone.eval()
+    image = torch.rand(1, 3, SIZE, SIZE)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    expected = backbone.fpn(backbone.body((image - mean) / std))
+    for key, value in backbone.image_features(image).items():
+        torch.testing.assert_close(value, expected[key])
+
+
+def test_baseline_reads_only_the_target_image():
+    model = _tiny(attention=False).eval()
+    assert not hasattr(model.backbone, "attention")
+    assert model.backbone.image_offsets == [0]
+    bag = torch.rand(1, 9, SIZE, SIZE)
+    other = bag.clone()
+    other[:, :3] = 0.0  # change the context images only
+    other[:, 6:] = 1.0
+    with torch.no_grad():
+        a, b = model.backbone(bag), model.backbone(other)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_attention_reads_the_context_images():
+    model = _tiny().eval()
+    bag = torch.rand(1, 9, SIZE, SIZE)
+    other = bag.clone()
+    other[:, :3] = 0.0
+    with torch.no_grad():
+        assert not torch.allclose(model.backbone(bag)["0"], model.backbone(other)["0"])
+
+
+def _train_losses(model, steps: int) -> list[float]:
+    image, target = _sample(model.backbone.bag_size)
+    if not isinstance(model.roi_heads.mask_roi_pool, torch.nn.Module):
+        target = {k: v for k, v in target.items() if k != "masks"}
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.003, momentum=0.9)
+    model.train()
+    losses = []
+    for _ in range(steps):
+        loss_dict = model([image], [target])
+        loss = sum(loss_dict.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_va_mask_rcnn_trains_on_one_sample():
+    model = _tiny()
+    losses = _train_losses(model, 6)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+    # the VA blocks take part in training
+    assert all(p.grad is not None for p in model.backbone.attention.parameters())
+
+
+def test_rcnn_location_and_faster_rcnn_train_one_step():
+    roi_model = _tiny(location="roi")
+    assert not hasattr(roi_model.backbone, "attention")
+    losses = _train_losses(roi_model, 1)
+    assert torch.isfinite(torch.tensor(losses)).all()
+    assert all(p.grad is not None for p in roi_model.roi_heads.box_roi_pool.attention.parameters())
+
+    faster = _tiny(build_va_faster_rcnn)
+    assert torch.isfinite(torch.tensor(_train_losses(faster, 1))).all()
+
+
+def test_inference_returns_masks_in_input_size():
+    model = _tiny().eval()
+    image, _ = _sample()
+    with torch.no_grad():
+        (out,) = model([image])
+    assert set(out) >= {"boxes", "labels", "scores", "masks"}
+    assert out["masks"].shape[1:] == (1, SIZE, SIZE)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="odd"):
+        _tiny(bag_size=4)
+    with pytest.raises(ValueError, match="location"):
+        _tiny(location="head")
