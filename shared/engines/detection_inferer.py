@@ -1,0 +1,284 @@
+"""Box inference of 2.5D slice-bag detectors (3DCE/CS-Att, VA Faster R-CNN) on DeepLesion key slices and volumes.
+
+Two entry points, both used by ``bundles/cs_att_deeplesion/configs/inference.json`` through :func:`run_inference`:
+
+- DeepLesion roots (``DL_info.csv`` + ``Images_png``): every key slice of the chosen datalist split is preprocessed
+  as 3DCE (``shared.transforms.deeplesion``) and detected alone; boxes go back to the PNG's pixels.
+- CT volumes (``.nii``, ``.nii.gz`` or a folder holding one DICOM series): every axial slice is a key slice.
+  :class:`VolumeDetectionInferer` builds each 3-slice image of the 2 mm context by linear interpolation in the
+  volume, computes its backbone features once and keeps them while neighbouring key slices need them (the model's
+  backbone must offer ``image_offsets``, ``image_features`` and ``attend``, as ``ThreeDCEBackbone`` and
+  ``VABackbone`` do). Detections carry the slice index and box in the input's array, and world coordinates.
+
+Output: ``detections.json`` in the format of ``shared.metrics.deeplesion`` (``series`` is the volume name for
+volumes), optionally ``<volume>_boxes.nii.gz`` with the box outlines drawn as label 1 in the input's space.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+from torchvision.models.detection.image_list import ImageList
+
+from shared.data.atomic import atomic_path
+from shared.transforms.deeplesion import DeepLesionPreprocessing, LoadDeepLesionSampled, prepare_entries
+
+logger = logging.getLogger(__name__)
+
+# Slices are shown as DeepLesion's PNGs are (radiological view: rows anterior -> posterior, columns patient right ->
+# left), so the volume is reoriented to L, P and a z axis; we take z inferior-ward, assuming DeepLesion's slice
+# numbers run head to feet as CT series are usually numbered.
+WORKING_AXCODES = ("L", "P", "I")
+VOLUME_SUFFIXES = (".nii", ".nii.gz")
+
+
+def _stack_bag(features: Sequence) -> torch.Tensor | OrderedDict:
+    """Stack per-image features (tensors ``(D, h, w)`` or level dicts of them) along a new bag axis 0."""
+    if isinstance(features[0], dict):
+        return OrderedDict((k, torch.stack([f[k] for f in features])) for k in features[0])
+    return torch.stack(list(features))
+
+
+def _unbatch(features, index: int):
+    if isinstance(features, dict):
+        return OrderedDict((k, v[index]) for k, v in features.items())
+    return features[index]
+
+
+def _batch_bags(bags: Sequence) -> torch.Tensor | OrderedDict:
+    if isinstance(bags[0], dict):
+        return OrderedDict((k, torch.stack([b[k] for b in bags])) for k in bags[0])
+    return torch.stack(list(bags))
+
+
+class VolumeDetectionInferer:
+    """Detections on every axial slice of a volume with a per-image backbone feature cache.
+
+    Args:
+        preprocessing: 3DCE parameters (window, 2 mm context interval, 0.8 mm pixels, max size).
+        batch_size: key slices detected together.
+
+    ``__call__(model, volume, spacing)``: ``volume`` HU ``(X, Y, Z)`` reoriented to :data:`WORKING_AXCODES`,
+    ``spacing`` ``(sx, sy, sz)`` in mm; returns for every slice ``k`` ``{"boxes" (N, 4) in the slice's pixels
+    (x along X, y along Y), "scores", "labels"}``. The image of a bag member centred ``c`` context slices from key
+    slice ``k`` holds the volume at ``k + (c - 1, c, c + 1) * 2 mm / sz`` (linear interpolation, ends replicated);
+    the cache is keyed by those positions, so an image shared by key slices is computed once (exactly shared when
+    3 x 2 mm is a multiple of ``sz``; otherwise neighbouring key slices need images at different positions).
+    ``self.stats`` counts images requested and computed in the last call.
+    """
+
+    def __init__(self, preprocessing: DeepLesionPreprocessing | None = None, batch_size: int = 4) -> None:
+        self.preprocessing = preprocessing or DeepLesionPreprocessing()
+        self.batch_size = batch_size
+        self.stats = {"images_requested": 0, "images_computed": 0}
+
+    def _image(self, volume: np.ndarray, positions: Sequence[float], pixel_spacing: float):
+        """Windowed, rescaled ``(3, H', W')`` image of the slices at fractional z ``positions``; and its scale."""
+        z = volume.shape[2]
+        slices = []
+        for pos in positions:
+            pos = min(max(pos, 0.0), z - 1.0)
+            lo = int(math.floor(pos))
+            hi, frac = min(lo + 1, z - 1), pos - lo
+            slices.append(((1.0 - frac) * volume[:, :, lo] + frac * volume[:, :, hi]).T)
+        return self.preprocessing.window_and_rescale(np.stack(slices).astype(np.float32), pixel_spacing)
+
+    @staticmethod
+    def _positions(centre: float, step: float, num_slices: int) -> tuple[float, float, float]:
+        """z positions of the three slices of an image centred at ``centre``, clamped to the volume (cache key)."""
+        return tuple(round(min(max(centre + d * step, 0.0), num_slices - 1.0), 4) for d in (-1, 0, 1))
+
+    @torch.no_grad()
+    def __call__(self, model: torch.nn.Module, volume: np.ndarray, spacing: Sequence[float]) -> list[dict]:
+        model.eval()
+        backbone = model.backbone
+        device = next(model.parameters()).device
+        sz = float(spacing[2])
+        step = self.preprocessing.slice_interval_mm / sz if math.isfinite(sz) and sz > 0 else 0.0
+        offsets = list(backbone.image_offsets)
+        reach = (max(abs(c) for c in offsets) + 1) * step
+        cache: OrderedDict[tuple, object] = OrderedDict()
+        self.stats = {"images_requested": 0, "images_computed": 0}
+        results: list[dict] = []
+        num_slices = volume.shape[2]
+        geometry = None  # (image list of one transformed image, preprocessed (H, W), scale)
+        for start in range(0, num_slices, self.batch_size):
+            keys = list(range(start, min(start + self.batch_size, num_slices)))
+            bag_positions = [[self._positions(k + c * step, step, num_slices) for c in offsets] for k in keys]
+            missing = list(OrderedDict.fromkeys(p for bag in bag_positions for p in bag if p not in cache))
+            if missing:
+                images, scale = zip(*(self._image(volume, p, float(spacing[0])) for p in missing))
+                image_list, _ = model.transform([torch.from_numpy(im).to(device) for im in images])
+                feats = backbone.image_features(image_list.tensors)
+                for i, pos in enumerate(missing):
+                    cache[pos] = _unbatch(feats, i)
+                geometry = (image_list, images[0].shape[1:], scale[0])
+            self.stats["images_requested"] += sum(len(b) for b in bag_positions)
+            self.stats["images_computed"] += len(missing)
+            bags = _batch_bags([_stack_bag([cache[p] for p in bag]) for bag in bag_positions])
+            image_list, original_hw, scale = geometry
+            n = len(keys)
+            keys_list = ImageList(image_list.tensors[:1].expand(n, -1, -1, -1), [image_list.image_sizes[0]] * n)
+            features = backbone.attend(bags)
+            proposals, _ = model.rpn(keys_list, features)
+            detections, _ = model.roi_heads(features, proposals, keys_list.image_sizes)
+            detections = model.transform.postprocess(detections, keys_list.image_sizes, [tuple(original_hw)] * n)
+            for det in detections:
+                results.append({k: v.cpu() for k, v in det.items()} | {"boxes": det["boxes"].cpu() / scale})
+            # drop images no later key slice can use (their centre lies below the next key slice's reach)
+            lowest = keys[-1] + 1 - reach - 1e-6
+            for pos in [p for p in cache if p[1] < lowest]:
+                del cache[pos]
+        return results
+
+
+def find_volumes(dataset_dir: str | Path) -> list[Path]:
+    """CT volumes under ``dataset_dir``: ``.nii``/``.nii.gz`` files and folders holding ``.dcm`` files."""
+    root = Path(dataset_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset_dir {root} does not exist: give a folder of .nii/.nii.gz or DICOM folders")
+    found = [p for p in sorted(root.iterdir()) if p.is_file() and p.name.endswith(VOLUME_SUFFIXES)]
+    found += [p for p in sorted(root.iterdir()) if p.is_dir() and any(p.glob("*.dcm"))]
+    if not found:
+        raise FileNotFoundError(f"{root}: no .nii, .nii.gz or DICOM series folder (with .dcm files) found")
+    return found
+
+
+def volume_name(path: Path) -> str:
+    name = path.name
+    for suffix in VOLUME_SUFFIXES[::-1]:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def load_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """HU array and its RAS affine (MONAI ``LoadImage``: NIfTI via nibabel, DICOM series via ITK)."""
+    from monai.transforms import LoadImage
+
+    image = LoadImage(image_only=True)(str(path))
+    array = np.asarray(image, dtype=np.float32)
+    if array.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D CT volume, got an array of shape {array.shape}")
+    return array, np.asarray(image.affine, dtype=np.float64)
+
+
+def _box_outlines(shape: Sequence[int], detections: list[dict], threshold: float) -> np.ndarray:
+    """uint8 volume (working orientation) with the outline of every box scoring >= ``threshold`` set to 1."""
+    label = np.zeros(shape, dtype=np.uint8)
+    for k, det in enumerate(detections):
+        for box, score in zip(det["boxes"].tolist(), det["scores"].tolist()):
+            if score < threshold:
+                continue
+            x1, y1 = max(int(math.floor(box[0])), 0), max(int(math.floor(box[1])), 0)
+            x2, y2 = min(int(math.ceil(box[2])) - 1, shape[0] - 1), min(int(math.ceil(box[3])) - 1, shape[1] - 1)
+            if x2 < x1 or y2 < y1:
+                continue
+            label[x1 : x2 + 1, [y1, y2], k] = 1
+            label[[x1, x2], y1 : y2 + 1, k] = 1
+    return label
+
+
+def detect_volume(
+    model: torch.nn.Module,
+    path: Path,
+    inferer: VolumeDetectionInferer,
+    output_dir: Path | None = None,
+    label_threshold: float | None = None,
+) -> list[dict]:
+    """Detections of one volume as JSON-ready dicts; with ``label_threshold`` also ``<name>_boxes.nii.gz``.
+
+    Each dict: ``series`` (volume name), ``slice`` (index along the input array's axial axis ``axis``), ``box``
+    (pixels of that slice shown radiologically: x towards patient left, y towards posterior), ``score``,
+    ``label``, ``world_corners`` (RAS mm of the box corners (x1, y1) and (x2, y2)).
+    """
+    array, affine = load_volume(path)
+    to_working = ornt_transform(io_orientation(affine), axcodes2ornt(WORKING_AXCODES))
+    volume = apply_orientation(array, to_working)
+    working_affine = affine @ inv_ornt_aff(to_working, array.shape)
+    spacing = np.linalg.norm(working_affine[:3, :3], axis=0)
+    detections = inferer(model, volume, spacing)
+    axis = int(np.argmax(np.abs(np.linalg.inv(affine)[:3, :3] @ working_affine[:3, 2])))
+    to_input = np.linalg.inv(affine) @ working_affine
+    name, out = volume_name(path), []
+    for k, det in enumerate(detections):
+        for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+            # box edges are pixel borders: voxel index = box coordinate - 0.5
+            corners = np.array([[box[0] - 0.5, box[1] - 0.5, k, 1.0], [box[2] - 0.5, box[3] - 0.5, k, 1.0]])
+            world = (working_affine @ corners.T).T[:, :3]
+            slice_index = int(round(float((to_input @ np.array([0.0, 0.0, k, 1.0]))[axis])))
+            out.append(
+                {
+                    "series": name,
+                    "slice": slice_index,
+                    "axis": axis,
+                    "box": [round(v, 2) for v in box],
+                    "score": float(score),
+                    "label": int(label),
+                    "world_corners": np.round(world, 3).tolist(),
+                }
+            )
+    if output_dir is not None and label_threshold is not None:
+        outlines = _box_outlines(volume.shape, detections, label_threshold)
+        label_volume = apply_orientation(
+            outlines, ornt_transform(axcodes2ornt(WORKING_AXCODES), io_orientation(affine))
+        )
+        with atomic_path(Path(output_dir) / f"{name}_boxes.nii.gz") as tmp:
+            nib.save(nib.Nifti1Image(label_volume.astype(np.uint8), affine), str(tmp))
+    return out
+
+
+@torch.no_grad()
+def detect_entries(model: torch.nn.Module, entries: Sequence[dict], loader: LoadDeepLesionSampled) -> list[dict]:
+    """Detections on DeepLesion key slices (datalist entries) in the PNG's pixels, as JSON-ready dicts."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for entry in entries:
+        sample = loader(entry)
+        det = model([sample["image"].to(device)])[0]
+        series = Path(entry["image"]).name
+        for box, score in zip((det["boxes"].cpu() / sample["scale"]).tolist(), det["scores"].tolist()):
+            out.append({"series": series, "slice": int(entry["key_slice"]), "box": box, "score": float(score)})
+    return out
+
+
+def run_inference(
+    model: torch.nn.Module,
+    dataset_dir: str | Path,
+    output_dir: str | Path,
+    loader: LoadDeepLesionSampled,
+    split: str = "test",
+    batch_size: int = 4,
+    label_threshold: float | None = 0.5,
+) -> Path:
+    """Detect on ``dataset_dir`` (a DeepLesion root, or CT volumes) and write ``<output_dir>/detections.json``.
+
+    A DeepLesion root (with ``DL_info.csv``) is read with ``shared.data.deeplesion.make_datalist`` and the entries
+    of ``split`` are detected; otherwise every volume of ``dataset_dir`` is (with the label NIfTIs when
+    ``label_threshold`` is not None).
+    """
+    from shared.metrics.deeplesion import write_detections
+
+    root, out_dir = Path(dataset_dir), Path(output_dir)
+    if (root / "DL_info.csv").is_file():
+        from shared.data.deeplesion import make_datalist
+
+        entries = prepare_entries(make_datalist(root)[split], loader)
+        detections = detect_entries(model, entries, loader)
+        logger.info("detected %d boxes on %d DeepLesion key slices", len(detections), len(entries))
+    else:
+        inferer = VolumeDetectionInferer(loader.params, batch_size)
+        detections = []
+        for path in find_volumes(root):
+            detections += detect_volume(model, path, inferer, out_dir, label_threshold)
+            logger.info("%s: %s", path.name, inferer.stats)
+    return write_detections(out_dir / "detections.json", detections)

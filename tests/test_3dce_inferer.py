@@ -1,0 +1,77 @@
+"""Whole-volume box inference: cached slice-image features equal a direct forward, reuse counts, output geometry."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from shared.engines.detection_inferer import VolumeDetectionInferer, detect_volume, run_inference
+from shared.networks.three_dce import ThreeDCE
+from shared.transforms.deeplesion import DeepLesionPreprocessing, LoadDeepLesionSampled
+
+
+def _model():
+    torch.manual_seed(0)
+    return ThreeDCE(num_images=3, backbone="tiny", fc_channels=32, box_score_thresh=0.0).eval()
+
+
+def _volume(shape=(32, 24, 8), seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(0, 300, shape) + np.arange(shape[2]) * 50).astype(np.float32)
+
+
+def test_cached_features_match_direct_forward_and_each_image_is_computed_once():
+    model, volume = _model(), _volume()
+    inferer = VolumeDetectionInferer(DeepLesionPreprocessing(num_images=3), batch_size=3)
+    results = inferer(model, volume, (0.8, 0.8, 2.0))
+    assert len(results) == volume.shape[2]
+    # 2 mm slices: image centres are whole slices; distinct clamped images: the Z centred inside plus the two
+    # fully-replicated end images (every slice position clamped to 0, or to Z - 1)
+    assert inferer.stats == {"images_requested": 3 * 8, "images_computed": 8 + 2}
+    key = 4
+    positions = np.clip(np.arange(key - 4, key + 5), 0, 7)
+    image = np.clip((volume[:, :, positions].transpose(2, 1, 0) + 1024) / 4095, 0, 1)
+    with torch.no_grad():
+        direct = model([torch.from_numpy(image.astype(np.float32))])[0]
+    assert len(direct["boxes"]) > 0
+    assert torch.allclose(results[key]["boxes"], direct["boxes"], atol=1e-3)
+    assert torch.allclose(results[key]["scores"], direct["scores"], atol=1e-4)
+
+
+def test_boxes_are_scaled_back_to_the_slice_pixels():
+    model, volume = _model(), _volume((64, 48, 3))
+    results = VolumeDetectionInferer(DeepLesionPreprocessing(num_images=3))(model, volume, (0.4, 0.4, 5.0))
+    boxes = torch.cat([r["boxes"] for r in results])
+    assert len(boxes) > 0 and boxes[:, 2].max() <= 64 + 1e-3 and boxes[:, 3].max() <= 48 + 1e-3
+    assert boxes[:, 2].max() > 32  # the 0.4 mm slices were processed at half size, boxes doubled back
+
+
+def test_detect_volume_reports_input_slice_and_world_corners(tmp_path):
+    # RAS input: working orientation (L, P, I) flips all three axes
+    shape, affine = (32, 24, 6), np.diag([0.8, 0.8, 2.0, 1.0])
+    affine[:3, 3] = [-10.0, 5.0, 100.0]
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(_volume(shape), affine), str(path))
+    inferer = VolumeDetectionInferer(DeepLesionPreprocessing(num_images=3))
+    dets = detect_volume(_model(), path, inferer, tmp_path, label_threshold=0.0)
+    assert dets and all(d["series"] == "ct" and d["axis"] == 2 for d in dets)
+    for d in dets:
+        (x1, y1, z1), (x2, y2, z2) = d["world_corners"]
+        assert np.isclose(z1, 100.0 + 2.0 * d["slice"]) and np.isclose(z2, z1)
+        # x: column towards patient left = decreasing input index along R; box edge x -> voxel (X - 0.5 - x)
+        assert np.isclose(x1, -10.0 + 0.8 * (shape[0] - 0.5 - d["box"][0]), atol=1e-2)
+        assert np.isclose(y1, 5.0 + 0.8 * (shape[1] - 0.5 - d["box"][1]), atol=1e-2)
+    label = nib.load(str(tmp_path / "ct_boxes.nii.gz"))
+    assert label.shape == shape and np.allclose(label.affine, affine)
+    data = np.asarray(label.dataobj)
+    for s in {d["slice"] for d in dets}:
+        assert data[:, :, s].any()
+
+
+def test_run_inference_writes_detections_json_for_volumes(tmp_path):
+    nib.save(nib.Nifti1Image(_volume((24, 24, 4)), np.diag([0.8, 0.8, 2.5, 1])), str(tmp_path / "a.nii"))
+    out = run_inference(_model(), tmp_path, tmp_path / "out", LoadDeepLesionSampled(num_images=3), label_threshold=None)
+    data = json.loads(out.read_text())
+    assert out.name == "detections.json" and {d["series"] for d in data["detections"]} == {"a"}
+    assert not list((tmp_path / "out").glob("*.nii.gz"))
