@@ -224,7 +224,7 @@ _LESION_HU = {  # (low, high) HU of lesion tissue per site
 }
 
 
-def _place_lesion(rng: np.random.Generator, anatomy: Anatomy, request: LesionRequest, placed: list[Lesion]):
+def place_lesion(rng: np.random.Generator, anatomy: Anatomy, request: LesionRequest, placed: Sequence[Lesion] = ()):
     """Draw a lesion of the requested site/size inside its organ, not overlapping ``placed``; None if impossible."""
     if request.site not in LESION_SITES:
         raise ValueError(f"unknown lesion site {request.site!r}: choose one of {', '.join(LESION_SITES)}")
@@ -266,13 +266,14 @@ def make_abdomen(
     shape: Sequence[int],
     spacing: Sequence[float],
     z_center_mm: float = 0.0,
-    lesions: Sequence[LesionRequest] = (),
+    lesions: Sequence[LesionRequest | Lesion] = (),
     anatomy: Anatomy | None = None,
 ) -> Phantom:
     """Render one abdominal CT case on an (nx, ny, nz) RAS grid of ``spacing`` mm centred at z = ``z_center_mm``.
 
-    ``lesions`` are placed in order; a request that does not fit (organ absent at the requested z, no room) is
-    dropped, so ``Phantom.lesion_list`` holds the lesions actually placed. Pass ``anatomy`` (from
+    ``lesions`` requests are placed in order (:func:`place_lesion`); a request that does not fit (organ absent at the
+    requested z, no room) is dropped, so ``Phantom.lesion_list`` holds the lesions actually placed. Already placed
+    :class:`Lesion` objects are used as given. Pass ``anatomy`` (from
     :func:`sample_anatomy`) to render several fields of view of one patient.
     """
     anatomy = anatomy or sample_anatomy(rng)
@@ -327,7 +328,7 @@ def make_abdomen(
 
     placed: list[Lesion] = []
     for request in lesions:
-        lesion = _place_lesion(rng, anatomy, request, placed)
+        lesion = request if isinstance(request, Lesion) else place_lesion(rng, anatomy, request, placed)
         if lesion is not None:
             placed.append(lesion)
     lesion_map = np.zeros(full, np.uint8)
