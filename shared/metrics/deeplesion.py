@@ -1,0 +1,340 @@
+"""DeepLesion detection scoring: FROC sensitivities at FPs per image, as 3DCE evaluates (Yan et al. 2018) and the
+CS-Att paper reports (Tao et al. 2019, sec. 3 "Evaluation metrics": IoU > 0.5, sensitivity at 0.5, 1, 2, 4, 8, 16
+FPs per image; Table 2: sensitivity at 4 FPs per image by lesion type, diameter and slice interval).
+
+Boxes are ``[x1, y1, x2, y2]`` in 0-based pixel coordinates of the PNG's pixel grid, continuous: area
+``(x2 - x1) * (y2 - y1)`` (3DCE adds 1 pixel to widths and heights; we do not).
+
+Detection file (written by the cs_att_deeplesion inference, read by ``evaluate_dir``): a JSON object ::
+
+    {"detections": [{"series": "000001_01_01", "slice": 109, "box": [x1, y1, x2, y2], "score": 0.93}, ...]}
+
+``series`` is the ``Images_png`` folder name, ``slice`` the slice file number (``109.png``), ``box`` 0-based pixel
+coordinates as above and ``score`` the lesion confidence; other keys (e.g. world coordinates) are allowed and
+ignored. ``write_detections`` / ``read_detections`` write and read it.
+
+``DeepLesionFROCMetric`` (the same FROC as an ignite metric) is importable from here; it lives in
+``shared.metrics.froc_metric``.
+"""
+
+import json
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared.data.atomic import atomic_path
+from shared.data.deeplesion import make_datalist
+from shared.metrics.table import MetricTable
+
+FP_RATES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+# DeepLesion Coarse_lesion_type ids -> CS-Att Table 2 abbreviations; TYPE_ORDER is the table's column order.
+LESION_TYPES = {1: "BN", 2: "AB", 3: "ME", 4: "LV", 5: "LU", 6: "KD", 7: "ST", 8: "PV"}
+TYPE_ORDER = ("LU", "ME", "LV", "ST", "PV", "AB", "KD", "BN")
+DIAMETER_GROUPS = ("<10mm", "10-30mm", ">30mm")
+INTERVAL_GROUPS = ("<2.5mm", ">=2.5mm")
+# evaluate_dir's split argument -> key of shared.data.deeplesion.make_datalist
+SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation", "test": "test"}
+
+
+def box_overlaps(det_boxes: np.ndarray, gt_boxes: np.ndarray, use_iobb: bool = False) -> np.ndarray:
+    """(K, G) overlaps of detected and ground-truth boxes: IoU, or with ``use_iobb`` IoBB = intersection / area of
+    the detected box (DeepLesion paper's criterion)."""
+    det = np.asarray(det_boxes, dtype=float).reshape(-1, 4)[:, None, :]
+    gt = np.asarray(gt_boxes, dtype=float).reshape(-1, 4)[None, :, :]
+    width = np.clip(np.minimum(det[..., 2], gt[..., 2]) - np.maximum(det[..., 0], gt[..., 0]), 0, None)
+    height = np.clip(np.minimum(det[..., 3], gt[..., 3]) - np.maximum(det[..., 1], gt[..., 1]), 0, None)
+    inter = width * height
+    det_area = (det[..., 2] - det[..., 0]) * (det[..., 3] - det[..., 1])
+    denominator = det_area if use_iobb else det_area + (gt[..., 2] - gt[..., 0]) * (gt[..., 3] - gt[..., 1]) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denominator > 0, inter / denominator, 0.0)
+
+
+@dataclass
+class FROCResult:
+    """Sensitivities at FP rates, the whole FROC curve, and per lesion the best score of a detection finding it.
+
+    The curve has one point per distinct detection score (threshold), in decreasing order, after a first point
+    (0, 0) at threshold +inf (no detection kept). ``lesion_scores[i][g]`` is the highest score among the
+    detections of image i matching lesion g (-inf if none): the lesion is found at every threshold <= it.
+    """
+
+    fp_rates: tuple[float, ...]
+    sensitivities: np.ndarray
+    thresholds: np.ndarray
+    curve_fps: np.ndarray
+    curve_sensitivity: np.ndarray
+    curve_thresholds: np.ndarray
+    lesion_scores: list[np.ndarray]
+    detection_is_fp: list[np.ndarray]
+    num_images: int
+    num_lesions: int
+
+    @property
+    def curve(self) -> tuple[np.ndarray, np.ndarray]:
+        """(FPs per image, sensitivity) of every operating point, for plotting."""
+        return self.curve_fps, self.curve_sensitivity
+
+    def threshold_at(self, fp_rate: float) -> float:
+        """Lowest score threshold whose FPs per image are <= ``fp_rate`` (+inf if even the best detection is a FP)."""
+        return float(self.curve_thresholds[np.flatnonzero(self.curve_fps <= fp_rate)[-1]])
+
+    def as_dict(self) -> dict[str, float]:
+        """``{"sens@0.5": ..., ..., "sens@16": ...}``."""
+        return {f"sens@{rate:g}": float(s) for rate, s in zip(self.fp_rates, self.sensitivities)}
+
+
+def _as_boxes(boxes: Any, what: str) -> np.ndarray:
+    array = np.asarray(boxes, dtype=float)
+    if array.size == 0:
+        return np.zeros((0, 4))
+    if array.ndim != 2 or array.shape[1] != 4 or not np.all(np.isfinite(array)):
+        raise ValueError(f"{what}: expected a (K, 4) array of finite [x1, y1, x2, y2], got shape {array.shape}")
+    if np.any(array[:, 2] < array[:, 0]) or np.any(array[:, 3] < array[:, 1]):
+        raise ValueError(f"{what}: boxes must have x2 >= x1 and y2 >= y1 ([x1, y1, x2, y2] order)")
+    return array
+
+
+def froc(
+    pred_boxes: Sequence[np.ndarray],
+    pred_scores: Sequence[np.ndarray],
+    gt_boxes: Sequence[np.ndarray],
+    fp_rates: Sequence[float] = FP_RATES,
+    iou_threshold: float = 0.5,
+    use_iobb: bool = False,
+) -> FROCResult:
+    """FROC of detections on a set of images (lists with one entry per image), as 3DCE's ``FROC``/``sens_at_FP``.
+
+    All detections of all images are pooled and sorted by score. Going down the list, a detection overlapping
+    (IoU, or IoBB with ``use_iobb``, >= ``iou_threshold``) a not-yet-found lesion of its image is a hit and finds
+    every such lesion — like 3DCE, which marks all unfound lesions above the threshold, not only the one with the
+    highest overlap; a detection overlapping only already-found lesions is neither a hit nor a false positive; any
+    other detection is a false positive. Hits and FPs therefore do not depend on the order among detections.
+
+    Sensitivity at a rate = found lesions / all lesions at the lowest score threshold whose FPs / number of
+    images stay <= the rate (detections with equal scores are kept or dropped together). 3DCE interpolates
+    linearly between operating points instead; we report an operating point a threshold can actually reach.
+    If no image has a lesion, sensitivities are NaN.
+    """
+    if not len(pred_boxes) == len(pred_scores) == len(gt_boxes):
+        raise ValueError(
+            f"one entry per image expected: {len(pred_boxes)} pred_boxes, {len(pred_scores)} pred_scores, "
+            f"{len(gt_boxes)} gt_boxes"
+        )
+    if any(rate < 0 for rate in fp_rates):
+        raise ValueError(f"fp_rates must be >= 0, got {list(fp_rates)}")
+    lesion_scores, detection_is_fp, all_scores = [], [], []
+    for i, (boxes, scores, gts) in enumerate(zip(pred_boxes, pred_scores, gt_boxes)):
+        boxes, gts = _as_boxes(boxes, f"pred_boxes[{i}]"), _as_boxes(gts, f"gt_boxes[{i}]")
+        scores = np.asarray(scores, dtype=float).reshape(-1)
+        if len(scores) != len(boxes) or not np.all(np.isfinite(scores)):
+            raise ValueError(f"pred_scores[{i}]: expected {len(boxes)} finite scores, got {scores.tolist()}")
+        match = box_overlaps(boxes, gts, use_iobb) >= iou_threshold
+        detection_is_fp.append(~match.any(axis=1))
+        lesion_scores.append(np.where(match, scores[:, None], -np.inf).max(axis=0, initial=-np.inf))
+        all_scores.append(scores)
+    scores = np.concatenate(all_scores) if all_scores else np.zeros(0)
+    fp_scores = np.sort(scores[np.concatenate(detection_is_fp)]) if all_scores else np.zeros(0)
+    found_scores = np.sort(np.concatenate(lesion_scores)) if lesion_scores else np.zeros(0)
+    num_images, num_lesions = len(gt_boxes), len(found_scores)
+    thresholds = np.concatenate([[np.inf], np.unique(scores)[::-1]])
+    fps = (len(fp_scores) - np.searchsorted(fp_scores, thresholds, side="left")) / max(num_images, 1)
+    found = len(found_scores) - np.searchsorted(found_scores, thresholds, side="left")
+    sensitivity = found / num_lesions if num_lesions else np.full(len(thresholds), math.nan)
+    at = [np.flatnonzero(fps <= rate)[-1] for rate in fp_rates]
+    return FROCResult(
+        fp_rates=tuple(float(r) for r in fp_rates),
+        sensitivities=sensitivity[at],
+        thresholds=thresholds[at],
+        curve_fps=fps,
+        curve_sensitivity=sensitivity,
+        curve_thresholds=thresholds,
+        lesion_scores=lesion_scores,
+        detection_is_fp=detection_is_fp,
+        num_images=num_images,
+        num_lesions=num_lesions,
+    )
+
+
+def type_group(type_id: int) -> str | None:
+    """Table 2 abbreviation of a DeepLesion ``Coarse_lesion_type`` (None for -1, unknown)."""
+    return LESION_TYPES.get(int(type_id))
+
+
+def diameter_group(long_diameter_mm: float) -> str:
+    """``"<10mm"``, ``"10-30mm"`` (both ends included) or ``">30mm"`` of a lesion's long (RECIST) diameter."""
+    if long_diameter_mm < 10:
+        return DIAMETER_GROUPS[0]
+    return DIAMETER_GROUPS[1] if long_diameter_mm <= 30 else DIAMETER_GROUPS[2]
+
+
+def interval_group(slice_interval_mm: float) -> str:
+    """``"<2.5mm"`` or ``">=2.5mm"`` of a CT's slice interval."""
+    return INTERVAL_GROUPS[0] if slice_interval_mm < 2.5 else INTERVAL_GROUPS[1]
+
+
+def subgroup_sensitivity(
+    result: FROCResult, lesion_groups: Sequence[Sequence[str | None]], fp_rate: float = 4.0
+) -> dict[str, float]:
+    """Sensitivity within each group of lesions at the score threshold fixed from ALL images at ``fp_rate``.
+
+    ``lesion_groups[i][g]`` names the group of lesion g of image i (None: in no group). Groups are returned in
+    first-seen order.
+    """
+    threshold = result.threshold_at(fp_rate)
+    found: dict[str, list[bool]] = {}
+    for i, (groups, scores) in enumerate(zip(lesion_groups, result.lesion_scores, strict=True)):
+        if len(groups) != len(scores):
+            raise ValueError(f"lesion_groups[{i}] has {len(groups)} entries for {len(scores)} lesions")
+        for group, score in zip(groups, scores):
+            if group is not None:
+                found.setdefault(group, []).append(bool(score >= threshold))
+    return {group: float(np.mean(hits)) for group, hits in found.items()}
+
+
+def table2_sensitivities(
+    result: FROCResult,
+    lesion_types: Sequence[Sequence[int]],
+    diameters_mm: Sequence[Sequence[float]],
+    slice_intervals_mm: Sequence[float],
+    fp_rate: float = 4.0,
+) -> dict[str, float]:
+    """CS-Att Table 2: sensitivity at ``fp_rate`` per lesion type (LU ME LV ST PV AB KD BN), long diameter
+    (<10, 10-30, >30 mm) and slice interval (<2.5, >=2.5 mm); NaN for a group without lesion.
+
+    Per image: the lesions' type ids and long diameters (mm), and the image's slice interval (mm).
+    """
+    types = subgroup_sensitivity(result, [[type_group(t) for t in ts] for ts in lesion_types], fp_rate)
+    sizes = subgroup_sensitivity(result, [[diameter_group(d) for d in ds] for ds in diameters_mm], fp_rate)
+    intervals = subgroup_sensitivity(
+        result,
+        [[interval_group(s)] * len(ts) for s, ts in zip(slice_intervals_mm, lesion_types, strict=True)],
+        fp_rate,
+    )
+    merged = {**types, **sizes, **intervals}
+    return {group: merged.get(group, math.nan) for group in (*TYPE_ORDER, *DIAMETER_GROUPS, *INTERVAL_GROUPS)}
+
+
+def write_detections(path: str | os.PathLike, detections: Iterable[dict[str, Any]]) -> Path:
+    """Write detections (dicts with series, slice, box, score) as the module's JSON format, atomically."""
+    entries = [_checked_detection(d, f"detection {i}") for i, d in enumerate(detections)]
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({"detections": entries}, indent=1))
+    return Path(path)
+
+
+def read_detections(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The detections of a JSON file in the module's format, each checked (ValueError naming file and entry)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the detections JSON ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("detections"), list):
+        raise ValueError(f'{path}: expected a JSON object {{"detections": [...]}}')
+    return [_checked_detection(d, f"{path}: detection {i}") for i, d in enumerate(data["detections"])]
+
+
+def _checked_detection(entry: Any, where: str) -> dict[str, Any]:
+    """``entry`` with series (str), slice (int), box (4 floats, x2 >= x1, y2 >= y1) and score (float) checked."""
+    try:
+        series, slice_number = str(entry["series"]), int(entry["slice"])
+        box, score = [float(v) for v in entry["box"]], float(entry["score"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(
+            f"{where}: {entry!r} needs series (str), slice (int), box [x1, y1, x2, y2] and score ({err!r})"
+        ) from err
+    if len(box) != 4 or box[2] < box[0] or box[3] < box[1] or not all(map(math.isfinite, [*box, score])):
+        raise ValueError(f"{where}: box {box} must be finite [x1, y1, x2, y2] with x2 >= x1 and y2 >= y1")
+    return {**entry, "series": series, "slice": slice_number, "box": box, "score": score}
+
+
+def evaluate_dir(
+    pred_dir: str | os.PathLike,
+    ref_dir: str | os.PathLike,
+    split: str = "test",
+    iou_threshold: float = 0.5,
+    use_iobb: bool = False,
+    fp_rate: float = 4.0,
+) -> MetricTable:
+    """Score ``<pred_dir>/detections.json`` on the key slices of ``split`` of the DeepLesion root ``ref_dir``.
+
+    Key slices and ground truth come from ``shared.data.deeplesion.make_datalist``: DL_info.csv rows grouped by key
+    slice, 0-based boxes, and noisy rows (``Possibly_noisy``) removed, as 3DCE and CS-Att (sec. 3: "35 noisy
+    lesion annotations ... are removed for training and testing"); a key slice whose lesions are all noisy is
+    not evaluated. Long diameters in mm are ``Lesion_diameters_Pixel_[0]`` times the pixel spacing.
+    Rows: per key slice, its lesions, those found and the false positives at the threshold of ``fp_rate``.
+    Summary: sensitivities at 0.5-16 FPs per image, and CS-Att Table 2 groups at ``fp_rate``. Detections on
+    other slices (not key slices of the split) are ignored and counted.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    path = Path(pred_dir) / "detections.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: not found; the detection inference writes it (format: shared.metrics.deeplesion)")
+    images = make_datalist(ref_dir)[SPLITS[split]]
+    if not images:
+        raise ValueError(f"{ref_dir}: no key slice in split {split!r} (after removing noisy rows)")
+    by_image: dict[tuple[str, int], list[dict[str, Any]]] = {(k["series"], k["key_slice"]): [] for k in images}
+    detections = read_detections(path)
+    for det in detections:
+        if (det["series"], det["slice"]) in by_image:
+            by_image[(det["series"], det["slice"])].append(det)
+    used = sum(len(v) for v in by_image.values())
+    if detections and not used:
+        example, key = detections[0], images[0]
+        raise ValueError(
+            f"{path}: none of its {len(detections)} detections is on a key slice of split {split!r} of {ref_dir} "
+            f"(e.g. series {example['series']!r} slice {example['slice']}, while key slices look like series "
+            f"{key['series']!r} slice {key['key_slice']}); check the series names and slice numbers"
+        )
+    dets = [by_image[(k["series"], k["key_slice"])] for k in images]
+    result = froc(
+        [[d["box"] for d in ds] for ds in dets],
+        [[d["score"] for d in ds] for ds in dets],
+        [k["boxes"] for k in images],
+        iou_threshold=iou_threshold,
+        use_iobb=use_iobb,
+    )
+    threshold = result.threshold_at(fp_rate)
+    rows = [
+        {
+            "series": k["series"],
+            "slice": k["key_slice"],
+            "lesions": len(k["boxes"]),
+            f"found@{fp_rate:g}": int(np.count_nonzero(found >= threshold)),
+            f"fp@{fp_rate:g}": int(np.count_nonzero(is_fp & (np.array([d["score"] for d in ds]) >= threshold))),
+        }
+        for k, ds, found, is_fp in zip(images, dets, result.lesion_scores, result.detection_is_fp)
+    ]
+    breakdown = table2_sensitivities(
+        result,
+        [k["lesion_types"] for k in images],
+        [[long for long, _ in k["diameters_mm"]] for k in images],
+        [k["spacing"][2] for k in images],
+        fp_rate,
+    )
+    summary = {
+        "images": result.num_images,
+        "lesions": result.num_lesions,
+        "detections_ignored": len(detections) - used,
+        **result.as_dict(),
+        **{f"sens@{fp_rate:g}_{group}": value for group, value in breakdown.items()},
+    }
+    criterion = "IoBB" if use_iobb else "IoU"
+    title = f"DeepLesion {split}: {path} vs {ref_dir} ({criterion} >= {iou_threshold})"
+    return MetricTable(rows, summary, title=title)
+
+
+def __getattr__(name: str):
+    """PEP 562: ``DeepLesionFROCMetric`` imports ignite and torch only when asked for; see
+    ``shared.metrics.froc_metric``."""
+    if name == "DeepLesionFROCMetric":
+        from shared.metrics.froc_metric import DeepLesionFROCMetric
+
+        return DeepLesionFROCMetric
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
