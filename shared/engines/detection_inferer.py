@@ -25,11 +25,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from monai.engines import Evaluator
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from torchvision.models.detection.image_list import ImageList
 
 from shared.data.atomic import atomic_path
-from shared.transforms.deeplesion import DeepLesionPreprocessing, LoadDeepLesionSampled, prepare_entries
+from shared.transforms.deeplesion import (
+    DeepLesionPreprocessing,
+    LoadDeepLesionSampled,
+    prepare_entries,
+    read_hu_png,
+    slice_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,15 +147,50 @@ class VolumeDetectionInferer:
         return results
 
 
+class KeySliceDetectionEvaluator(Evaluator):
+    """MONAI evaluator of a detector on preprocessed key slices (validation during training).
+
+    Batches are ``(images, targets)`` as ``shared.engines.detection_trainer.collate_detection`` makes them; each
+    iteration outputs ``{"pred": detections, "label": targets}`` (lists, one dict per image, boxes in the
+    preprocessed pixels), the input of ``shared.metrics.deeplesion.DeepLesionFROCMetric`` through
+    ``from_engine(["pred", "label"])``.
+    """
+
+    def __init__(self, device, val_data_loader, network: torch.nn.Module, **kwargs) -> None:
+        from shared.engines.detection_trainer import prepare_detection_batch
+
+        kwargs.setdefault("prepare_batch", prepare_detection_batch)
+        super().__init__(device=torch.device(device), val_data_loader=val_data_loader, decollate=False, **kwargs)
+        self.network = network
+
+    def _iteration(self, engine: KeySliceDetectionEvaluator, batchdata) -> dict:
+        images, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
+        engine.network.eval()
+        with torch.no_grad(), torch.autocast("cuda", enabled=engine.amp and engine.state.device.type == "cuda"):
+            predictions = engine.network(images)
+        return {"pred": predictions, "label": targets}
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """True for a DICOM Part 10 file ("DICM" after the 128-byte preamble), whatever its name."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
 def find_volumes(dataset_dir: str | Path) -> list[Path]:
-    """CT volumes under ``dataset_dir``: ``.nii``/``.nii.gz`` files and folders holding ``.dcm`` files."""
+    """CT volumes under ``dataset_dir``: ``.nii``/``.nii.gz`` files and folders holding a DICOM series."""
     root = Path(dataset_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset_dir {root} does not exist: give a folder of .nii/.nii.gz or DICOM folders")
     found = [p for p in sorted(root.iterdir()) if p.is_file() and p.name.endswith(VOLUME_SUFFIXES)]
-    found += [p for p in sorted(root.iterdir()) if p.is_dir() and any(p.glob("*.dcm"))]
+    found += [
+        p for p in sorted(root.iterdir()) if p.is_dir() and any(_is_dicom_file(f) for f in p.iterdir() if f.is_file())
+    ]
     if not found:
-        raise FileNotFoundError(f"{root}: no .nii, .nii.gz or DICOM series folder (with .dcm files) found")
+        raise FileNotFoundError(f"{root}: no .nii, .nii.gz or DICOM series folder found")
     return found
 
 
@@ -193,8 +235,10 @@ def detect_volume(
     inferer: VolumeDetectionInferer,
     output_dir: Path | None = None,
     label_threshold: float | None = None,
+    min_score: float = 0.05,
 ) -> list[dict]:
-    """Detections of one volume as JSON-ready dicts; with ``label_threshold`` also ``<name>_boxes.nii.gz``.
+    """Detections scoring >= ``min_score`` of one volume as JSON-ready dicts; with ``label_threshold`` also
+    ``<name>_boxes.nii.gz``.
 
     Each dict: ``series`` (volume name), ``slice`` (index along the input array's axial axis ``axis``), ``box``
     (pixels of that slice shown radiologically: x towards patient left, y towards posterior), ``score``,
@@ -211,6 +255,8 @@ def detect_volume(
     name, out = volume_name(path), []
     for k, det in enumerate(detections):
         for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+            if score < min_score:
+                continue
             # box edges are pixel borders: voxel index = box coordinate - 0.5
             corners = np.array([[box[0] - 0.5, box[1] - 0.5, k, 1.0], [box[2] - 0.5, box[3] - 0.5, k, 1.0]])
             world = (working_affine @ corners.T).T[:, :3]
@@ -259,12 +305,13 @@ def run_inference(
     split: str = "test",
     batch_size: int = 4,
     label_threshold: float | None = 0.5,
+    min_score: float = 0.05,
 ) -> Path:
     """Detect on ``dataset_dir`` (a DeepLesion root, or CT volumes) and write ``<output_dir>/detections.json``.
 
     A DeepLesion root (with ``DL_info.csv``) is read with ``shared.data.deeplesion.make_datalist`` and the entries
-    of ``split`` are detected; otherwise every volume of ``dataset_dir`` is (with the label NIfTIs when
-    ``label_threshold`` is not None).
+    of ``split`` are detected (all boxes, for FROC scoring); otherwise every volume of ``dataset_dir`` is (boxes
+    scoring >= ``min_score``; with the label NIfTIs of boxes scoring >= ``label_threshold`` unless it is None).
     """
     from shared.metrics.deeplesion import write_detections
 
@@ -279,6 +326,92 @@ def run_inference(
         inferer = VolumeDetectionInferer(loader.params, batch_size)
         detections = []
         for path in find_volumes(root):
-            detections += detect_volume(model, path, inferer, out_dir, label_threshold)
+            detections += detect_volume(model, path, inferer, out_dir, label_threshold, min_score)
             logger.info("%s: %s", path.name, inferer.stats)
     return write_detections(out_dir / "detections.json", detections)
+
+
+def _attention_pictures(model, sample: dict, out_dir: Path) -> list[Path]:
+    """CS-Att Fig. 2/3 for the first lesion of a sample: contextual vectors at its feature cells, spatial maps."""
+    from shared.visualize import save_attention_png
+
+    if not hasattr(model, "attention_maps") or not len(sample["boxes"]):
+        return []
+    maps = model.attention_maps([sample["image"].to(next(model.parameters()).device)])
+    saved = []
+    if "contextual" in maps:
+        context = maps["contextual"][0].mean(dim=1)  # (M, h, w): mean over the D channels
+        x1, y1, x2, y2 = (sample["boxes"][0] / 8).tolist()  # stride 8 feature cells covering the lesion
+        cols = slice(int(math.floor(x1)), max(int(math.ceil(x2)), int(math.floor(x1)) + 1))
+        rows = slice(int(math.floor(y1)), max(int(math.ceil(y2)), int(math.floor(y1)) + 1))
+        vectors = context[:, rows, cols].flatten(1).cpu().numpy()
+        saved.append(save_attention_png(vectors, out_dir / "contextual_attention.png", "contextual attention C''"))
+    if "spatial" in maps:
+        spatial = maps["spatial"][0].mean(dim=1).cpu().numpy()  # (M, h, w)
+        saved.append(save_attention_png(spatial, out_dir / "spatial_attention.png", "spatial attention S''"))
+    return saved
+
+
+def evaluate_detector(
+    model: torch.nn.Module,
+    dataset_dir: str | Path,
+    output_dir: str | Path,
+    loader: LoadDeepLesionSampled,
+    split: str = "validation",
+    num_pictures: int = 4,
+):
+    """Detect on the key slices of ``split`` of a DeepLesion root, score them and draw the paper's pictures.
+
+    Writes into ``output_dir``: ``detections.json``, ``sensitivity.csv`` (per key slice rows of
+    ``shared.metrics.deeplesion.evaluate_dir``), ``summary.json``, ``table2.csv`` (CS-Att Table 2 groups at 4 FPs
+    per image), ``froc.png``, ``detections_<series>_<slice>.png`` (GT blue, TP green, FP red) and the attention
+    heatmaps. Prints the sensitivity table; returns the ``MetricTable``.
+    """
+    import json
+
+    from shared.data.deeplesion import make_datalist, read_annotations
+    from shared.metrics.deeplesion import FP_RATES, evaluate_dir, froc, key_slices, write_detections
+    from shared.visualize import save_detection_png, save_froc_png
+
+    root, out_dir = Path(dataset_dir), Path(output_dir)
+    entries = prepare_entries(make_datalist(root)[split], loader)
+    detections = detect_entries(model, entries, loader)
+    write_detections(out_dir / "detections.json", detections)
+    table = evaluate_dir(out_dir, root, split=split)
+    table.write_csv(out_dir / "sensitivity.csv")
+    with atomic_path(out_dir / "summary.json") as tmp:
+        tmp.write_text(json.dumps(table.to_dict()["summary"], indent=1))
+    groups = [(k.split("_", 1)[1], v) for k, v in table.summary.items() if k.startswith("sens@4_")]
+    with atomic_path(out_dir / "table2.csv") as tmp:
+        rows = "".join(f"{g},{'' if math.isnan(v) else f'{v:.4f}'}\n" for g, v in groups)
+        tmp.write_text("group,sensitivity_at_4fp\n" + rows)
+
+    truth = key_slices(read_annotations(root), split)
+    by_image: dict[tuple[str, int], list[dict]] = {(k.series, k.slice): [] for k in truth}
+    for det in detections:
+        by_image.get((det["series"], det["slice"]), []).append(det)
+    dets = [by_image[(k.series, k.slice)] for k in truth]
+    result = froc(
+        [[d["box"] for d in ds] for ds in dets], [[d["score"] for d in ds] for ds in dets], [k.boxes for k in truth]
+    )
+    save_froc_png(result.curve, out_dir / "froc.png", title=f"FROC, DeepLesion {split}")
+    print(
+        "sensitivity at FPs per image: " + "  ".join(f"{r:g}: {s:.3f}" for r, s in zip(FP_RATES, result.sensitivities))
+    )
+    print("Table 2 groups (sensitivity at 4 FPs per image): " + "  ".join(f"{g}: {v:.3f}" for g, v in groups))
+
+    threshold = result.threshold_at(4.0)
+    for k, ds in list(zip(truth, dets))[:num_pictures]:
+        hu = read_hu_png(slice_files(root / "Images_png" / k.series)[k.slice])
+        save_detection_png(
+            hu,
+            k.boxes,
+            [d["box"] for d in ds],
+            [d["score"] for d in ds],
+            out_dir / f"detections_{k.series}_{k.slice:03d}.png",
+            score_threshold=min(threshold, 1.0),
+        )
+    with_lesion = next((e for e in entries if e.get("boxes")), None)
+    if with_lesion is not None:
+        _attention_pictures(model, loader(with_lesion), out_dir)
+    return table
