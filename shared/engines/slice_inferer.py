@@ -1,0 +1,125 @@
+"""Slice-wise volume inference of a 2.5D VA Mask R-CNN as a MONAI ``Inferer`` (VA paper sec. 3.2).
+
+"3D segmentation results are then obtained by stacking the masks generated for all slices", and lesions are kept
+only inside the predicted liver ("the logical AND of the predicted liver and lesion masks"). Because this is an
+``Inferer`` taking a whole preprocessed volume and returning a label volume on the same grid, a bundle's
+``SupervisedEvaluator``, ``Invertd`` and ``SaveImaged`` work unchanged.
+
+Feature cache: a 2.5D image (3 adjacent slices) belongs to the bags of N target slices (those 0, 3, 6, ... slices
+away), so its FPN features (before VA) are computed once and reused. Targets are visited in three interleaved passes
+(slices 0, 3, 6, ..., then 1, 4, 7, ..., then 2, 5, 8, ...): consecutive targets of a pass share N - 1 images, so
+the cache only ever holds the N images of one bag, sliding along z. Without the cache every bag runs the backbone on
+its N images, N times the backbone work.
+"""
+
+from collections import OrderedDict
+
+import torch
+from monai.inferers import Inferer
+from torchvision.models.detection.image_list import ImageList
+
+from shared.transforms.slice_bags import bag_slice_indices, image_slice_indices
+
+LITS_CLASSES = {"liver": 1, "lesion": 2}
+
+
+class SliceInferer(Inferer):
+    """Run a 2.5D detector with masks (torchvision ``MaskRCNN`` with a ``VABackbone``) on every axial slice.
+
+    Args:
+        score_threshold: detections scoring below are ignored.
+        mask_threshold: a pixel belongs to a detection where its mask probability is at least this.
+        liver_label, lesion_label: detector classes (and output labels) of the liver and of the lesions; lesion
+            pixels outside the predicted liver are dropped. ``lesion_label=None`` keeps every class as is.
+        cache_features: reuse each 2.5D image's backbone features across the bags that contain it.
+
+    ``__call__(inputs, network)``: ``inputs`` (B, 1, H, W, D) preprocessed volumes in [0, 1], axial slices along the
+    last axis; returns (B, 1, H, W, D) float label maps (0 background, 1 liver, 2 lesion), with the inputs' metadata.
+    """
+
+    def __init__(
+        self,
+        score_threshold: float = 0.5,
+        mask_threshold: float = 0.5,
+        liver_label: int = 1,
+        lesion_label: int | None = 2,
+        cache_features: bool = True,
+    ) -> None:
+        super().__init__()
+        self.score_threshold = score_threshold
+        self.mask_threshold = mask_threshold
+        self.liver_label = liver_label
+        self.lesion_label = lesion_label
+        self.cache_features = cache_features
+        self.images_computed = 0  # backbone images run in the last call (for benchmarks)
+
+    def slice_labels(self, detections: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
+        """Paste one slice's detections into a (H, W) label map; lesions only inside the predicted liver."""
+        out = torch.zeros(shape, device=detections["boxes"].device)
+        keep = detections["scores"] >= self.score_threshold
+        masks = detections["masks"][:, 0] >= self.mask_threshold
+        labels = detections["labels"]
+        for cls in labels[keep].unique().tolist():
+            if cls != self.lesion_label:
+                out[masks[keep & (labels == cls)].any(dim=0)] = cls
+        if self.lesion_label is not None:
+            lesion = masks[keep & (labels == self.lesion_label)].any(dim=0) & (out == self.liver_label)
+            out[lesion] = self.lesion_label
+        return out
+
+    def _volume_uncached(self, volume: torch.Tensor, network) -> list[dict]:
+        depth = volume.shape[0]
+        bag_size = network.backbone.bag_size
+        detections = []
+        for target in range(depth):
+            bag = volume[torch.as_tensor(bag_slice_indices(target, depth, bag_size), device=volume.device)]
+            detections.append(network([bag])[0])
+        self.images_computed += depth * len(network.backbone.image_offsets)
+        return detections
+
+    def _volume_cached(self, volume: torch.Tensor, network) -> list[dict]:
+        depth, h, w = volume.shape
+        backbone = network.backbone
+        offsets = backbone.image_offsets
+        stride = min((b - a for a, b in zip(offsets, offsets[1:])), default=1)
+        detections: list[dict | None] = [None] * depth
+
+        def image_keys(target: int) -> list[tuple[int, ...]]:
+            return [tuple(image_slice_indices(target + o, depth).tolist()) for o in offsets]
+
+        for start in range(stride):
+            cache: OrderedDict[tuple[int, ...], OrderedDict[str, torch.Tensor]] = OrderedDict()
+            for target in range(start, depth, stride):
+                keys = image_keys(target)
+                missing = list(OrderedDict.fromkeys(k for k in keys if k not in cache))
+                if missing:
+                    images, _ = network.transform([volume[list(k)] for k in missing])
+                    features = backbone.image_features(images.tensors)
+                    for i, key in enumerate(missing):
+                        cache[key] = OrderedDict((lvl, f[i]) for lvl, f in features.items())
+                    self.images_computed += len(missing)
+                    geometry = ImageList(images.tensors[:1], images.image_sizes[:1])
+                bag = OrderedDict((lvl, torch.stack([cache[k][lvl] for k in keys])[None]) for lvl in cache[keys[0]])
+                target_features = backbone.attend(bag)
+                proposals, _ = network.rpn(geometry, target_features)
+                dets, _ = network.roi_heads(target_features, proposals, geometry.image_sizes)
+                detections[target] = network.transform.postprocess(dets, geometry.image_sizes, [(h, w)])[0]
+                needed = set(image_keys(target + stride))
+                for key in [k for k in cache if k not in needed]:
+                    del cache[key]
+        return detections
+
+    @torch.no_grad()
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
+        if inputs.ndim != 5 or inputs.shape[1] != 1:
+            raise ValueError(f"expected preprocessed volumes (B, 1, H, W, D), got shape {tuple(inputs.shape)}")
+        network.eval()
+        self.images_computed = 0
+        out = torch.zeros_like(inputs)
+        for b in range(inputs.shape[0]):
+            volume = inputs[b, 0].permute(2, 0, 1).contiguous().as_subclass(torch.Tensor)  # (D, H, W)
+            run = self._volume_cached if self.cache_features else self._volume_uncached
+            detections = run(volume, network)
+            shape = tuple(volume.shape[1:])
+            out[b, 0] = torch.stack([self.slice_labels(d, shape) for d in detections], dim=-1)
+        return out
