@@ -51,18 +51,57 @@ def datalist(dataset: str, root: str, out_json: str, seed: int = 0, fold: int = 
     print(f"wrote {out} ({sizes})")
 
 
-def evaluate(dataset: str, pred_dir: str, ref_dir: str, out_csv: str | None = None) -> None:
+def evaluate(dataset: str, pred_dir: str, ref_dir: str, out_csv: str | None = None, **options) -> None:
     """Score the predictions in PRED_DIR against the references in REF_DIR as the DATASET challenge does.
 
-    Prints a per-case table and the summary; writes the table to OUT_CSV if given.
+    Prints a per-case table and the summary; writes the table to OUT_CSV if given. OPTIONS go to the dataset's
+    ``evaluate_dir`` (deeplesion: --split test|val|train, --iou_threshold 0.5, --use_iobb, --fp_rate 4).
+    Exits 1 with the problem (file named) on stderr when the inputs cannot be scored.
     """
+    import inspect
+
     from shared.metrics import metrics_module
 
     module = metrics_module(dataset)
-    table = module.evaluate_dir(pred_dir, ref_dir)
+    try:
+        inspect.signature(module.evaluate_dir).bind(pred_dir, ref_dir, **options)
+    except TypeError as err:
+        print(f"cannot evaluate {dataset} with options {options}: {err}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        table = module.evaluate_dir(pred_dir, ref_dir, **options)
+    except ValueError as err:
+        print(f"cannot evaluate {dataset}: {err}", file=sys.stderr)
+        sys.exit(1)
     print(table.to_text())
     if out_csv:
-        table.write_csv(out_csv)
+        print(f"wrote {table.write_csv(out_csv)}")
+
+
+def show(
+    image: str,
+    label: str,
+    pred: str,
+    out_png: str,
+    num_slices: int = 4,
+    window: tuple[float, float] = (-200, 500),
+    class_names: list[str] | None = None,
+) -> None:
+    """Draw the NUM_SLICES axial slices of IMAGE with most foreground, LABEL contours beside PRED overlays, to OUT_PNG.
+
+    IMAGE, LABEL and PRED are NIfTI files on one grid (each reoriented to RAS by its affine); WINDOW is the HU
+    (low, high) range shown; CLASS_NAMES are indexed by label value, e.g. '[background,kidney,tumour]'.
+    """
+    from shared.visualize import save_overlay_png_from_files
+
+    try:
+        out = save_overlay_png_from_files(
+            image, label, pred, out_png, num_slices=num_slices, window=tuple(window), class_names=class_names
+        )
+    except ValueError as err:
+        print(f"cannot draw: {err}", file=sys.stderr)
+        sys.exit(1)
+    print(f"wrote {out}")
 
 
 def pack(bundle: str, out: str = "dist", ckpt: str | None = None, base_url: str = "", torchscript: bool = True) -> None:
@@ -96,6 +135,7 @@ def main() -> None:
             "validate": validate,
             "datalist": datalist,
             "evaluate": evaluate,
+            "show": show,
             "pack": pack,
             "verify": verify,
         },

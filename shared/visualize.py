@@ -1,0 +1,240 @@
+"""Pictures for people: segmentation overlays, FROC curves, detections on a slice, attention heatmaps (PNG).
+
+matplotlib with the Agg backend (no display needed); every PNG is written atomically. Volumes are 3D arrays in
+RAS (x, y, z) with z axial; axial slices are drawn in the radiological convention (patient's right on the
+left of the picture, anterior at the top).
+"""
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch, Rectangle  # noqa: E402
+
+from shared.data.atomic import atomic_path  # noqa: E402
+from shared.metrics.deeplesion import FP_RATES, box_overlaps  # noqa: E402
+
+DPI = 100
+PANEL_INCHES = 3.2
+CAPTION_INCHES = 0.9
+# Label value -> RGB: 1 red, 2 green (as the VA paper's figures: liver red, lesions green), then blue, yellow, ...
+CLASS_COLOURS = ((1.0, 0.15, 0.15), (0.1, 0.9, 0.1), (0.2, 0.45, 1.0), (1.0, 0.85, 0.1), (0.9, 0.3, 0.9))
+GT_COLOUR, TP_COLOUR, FP_COLOUR = (0.0, 0.0, 1.0), (0.0, 1.0, 0.0), (1.0, 0.0, 0.0)  # CS-Att Fig. 4
+
+
+def _save(fig: Figure, out_path: str | os.PathLike) -> Path:
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
+    plt.close(fig)
+    return Path(out_path)
+
+
+def axial_view(volume: np.ndarray, z: int) -> np.ndarray:
+    """Axial slice z of a RAS volume as displayed: rows anterior -> posterior, columns patient right -> left."""
+    return volume[::-1, ::-1, z].T
+
+
+def _class_name(value: int, class_names: Sequence[str] | Mapping[int, str] | None) -> str:
+    if isinstance(class_names, Mapping):
+        return class_names.get(value, f"class {value}")
+    if class_names is not None and value < len(class_names):
+        return class_names[value]
+    return f"class {value}"
+
+
+def _colour(value: int) -> tuple[float, float, float]:
+    return CLASS_COLOURS[(value - 1) % len(CLASS_COLOURS)]
+
+
+def slices_with_most_foreground(label: np.ndarray, pred: np.ndarray, num_slices: int) -> list[int]:
+    """The ``num_slices`` axial slices with most foreground (reference or prediction), in z order; evenly spaced
+    slices when there is no foreground."""
+    counts = np.count_nonzero((label > 0) | (pred > 0), axis=(0, 1))
+    if not counts.any():
+        depth = label.shape[2]
+        return sorted({int(z) for z in np.linspace(0, depth - 1, num_slices + 2)[1:-1].round()})
+    best = np.argsort(-counts, kind="stable")[:num_slices]
+    return sorted(int(z) for z in best if counts[z] > 0)
+
+
+def save_overlay_png(
+    image: np.ndarray,
+    label: np.ndarray,
+    pred: np.ndarray,
+    out_path: str | os.PathLike,
+    num_slices: int = 4,
+    window: tuple[float, float] = (-200, 500),
+    class_names: Sequence[str] | Mapping[int, str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Axial slices with most foreground, one row each: CT with ground-truth contours (left) beside CT with the
+    prediction filled and outlined (right), colours by label value, a legend and a title.
+
+    ``image`` is in HU, shown through ``window`` (low, high); ``label`` and ``pred`` are label maps of the same
+    shape; ``class_names`` maps label values to names (a sequence is indexed by value: ``("background",
+    "kidney", "tumour")``). The PNG is 640 pixels wide and ``n * 320 + 90`` high for the n slices shown
+    (``num_slices``, or fewer if fewer slices hold foreground).
+    """
+    image, label, pred = np.asarray(image), np.asarray(label), np.asarray(pred)
+    if image.ndim != 3 or image.shape != label.shape or image.shape != pred.shape:
+        raise ValueError(f"image, label and pred must be 3D of one shape: {image.shape}, {label.shape}, {pred.shape}")
+    slices = slices_with_most_foreground(label, pred, num_slices)
+    values = sorted(int(v) for v in np.union1d(np.unique(label), np.unique(pred)) if v > 0)
+    fig = plt.figure(figsize=(2 * PANEL_INCHES, len(slices) * PANEL_INCHES + CAPTION_INCHES))
+    bottom = CAPTION_INCHES / 2 / fig.get_figheight()
+    top = 1 - CAPTION_INCHES / 2 / fig.get_figheight()
+    grid = fig.add_gridspec(len(slices), 2, left=0.01, right=0.99, bottom=bottom, top=top, wspace=0.02, hspace=0.12)
+    for row, z in enumerate(slices):
+        ct = axial_view(image, z)
+        for col, (labels, name) in enumerate(((label, "ground truth"), (pred, "prediction"))):
+            ax = fig.add_subplot(grid[row, col])
+            ax.imshow(ct, cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
+            shown = axial_view(labels, z)
+            for value in values:
+                mask = (shown == value).astype(float)
+                if not mask.any():
+                    continue
+                if col == 1:
+                    ax.imshow(np.ma.masked_where(mask == 0, mask), cmap=_solid_cmap(_colour(value)), alpha=0.45)
+                ax.contour(mask, levels=[0.5], colors=[_colour(value)], linewidths=1.5 if col == 0 else 0.8)
+            ax.set_title(f"{name}, z = {z}", fontsize=9)
+            ax.set_axis_off()
+    fig.suptitle(title or "ground truth contours (left) vs prediction (right), axial slices", fontsize=11)
+    handles = [Patch(color=_colour(v), label=_class_name(v, class_names)) for v in values]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=9, frameon=False)
+    return _save(fig, out_path)
+
+
+def _solid_cmap(colour: tuple[float, float, float]) -> matplotlib.colors.ListedColormap:
+    return matplotlib.colors.ListedColormap([colour])
+
+
+def save_froc_png(curve: tuple[np.ndarray, np.ndarray], out_path: str | os.PathLike, title: str = "FROC") -> Path:
+    """FROC curve (FPs per image on a log2 axis, sensitivity) with the sensitivity marked at 0.5 ... 16 FPs.
+
+    ``curve`` is ``(fps_per_image, sensitivity)`` of the operating points in threshold order, e.g.
+    ``shared.metrics.deeplesion.froc(...).curve``. The PNG is 640 x 480 pixels.
+    """
+    fps, sens = (np.asarray(c, dtype=float) for c in curve)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    ax.plot(np.maximum(fps, FP_RATES[0] / 4), sens, drawstyle="steps-post", color="tab:blue", label="FROC")
+    for rate in FP_RATES:
+        value = sens[np.flatnonzero(fps <= rate)[-1]] if len(fps) and fps[0] <= rate else 0.0
+        ax.plot([rate], [value], "o", color="tab:red")
+        ax.annotate(f"{value:.3f}", (rate, value), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(FP_RATES, [f"{r:g}" for r in FP_RATES])
+    ax.set_xlim(FP_RATES[0] / 2, FP_RATES[-1] * 2)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("false positives per image")
+    ax.set_ylabel("sensitivity")
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    return _save(fig, out_path)
+
+
+def save_detection_png(
+    image2d: np.ndarray,
+    gt_boxes: np.ndarray,
+    pred_boxes: np.ndarray,
+    pred_scores: np.ndarray,
+    out_path: str | os.PathLike,
+    iou_threshold: float = 0.5,
+    score_threshold: float = 0.5,
+    window: tuple[float, float] = (-175, 275),
+) -> Path:
+    """A slice with boxes as CS-Att Fig. 4: ground truth blue, true positives green, false positives red.
+
+    ``image2d`` (H, W) in HU in the PNG's pixel grid (rows y, columns x), shown through ``window``; boxes are
+    0-based pixel [x1, y1, x2, y2]. Detections scoring below ``score_threshold`` are not drawn; one overlapping
+    a ground-truth box with IoU >= ``iou_threshold`` is a true positive. The picture is the image enlarged by
+    an integer factor ``ceil(512 / max(H, W))`` (at least 1), so pixel (x, y) covers output pixels
+    ``[x * f, (x + 1) * f)``.
+    """
+    image2d = np.asarray(image2d, dtype=float)
+    if image2d.ndim != 2:
+        raise ValueError(f"image2d must be 2D (H, W), got shape {image2d.shape}")
+    height, width = image2d.shape
+    scale = max(1, math.ceil(512 / max(height, width)))
+    gts = np.asarray(gt_boxes, dtype=float).reshape(-1, 4)
+    preds = np.asarray(pred_boxes, dtype=float).reshape(-1, 4)
+    scores = np.asarray(pred_scores, dtype=float).reshape(-1)
+    keep = scores >= score_threshold
+    preds, scores = preds[keep], scores[keep]
+    is_tp = (box_overlaps(preds, gts) >= iou_threshold).any(axis=1)
+    fig = plt.figure(figsize=(width * scale / DPI, height * scale / DPI))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(image2d, cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
+    ax.set_xlim(-0.5, width - 0.5)
+    ax.set_ylim(height - 0.5, -0.5)
+    ax.set_axis_off()
+    boxes = [(box, GT_COLOUR, None) for box in gts]
+    boxes += [(box, TP_COLOUR if tp else FP_COLOUR, score) for box, tp, score in zip(preds, is_tp, scores)]
+    for (x1, y1, x2, y2), colour, score in boxes:
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, lw=2, antialiased=False))
+        if score is not None:
+            ax.text(x1, y1 - 1, f"{score:.2f}", color=colour, fontsize=8, va="bottom")
+    legend = [Patch(color=c, label=n) for c, n in ((GT_COLOUR, "ground truth"), (TP_COLOUR, "TP"), (FP_COLOUR, "FP"))]
+    ax.legend(handles=legend, loc="lower right", fontsize=7, framealpha=0.6)
+    return _save(fig, out_path)
+
+
+def save_attention_png(maps: np.ndarray, out_path: str | os.PathLike, title: str = "attention") -> Path:
+    """Attention as heatmaps: (M,) or (M, P) contextual attention over M images (rows: images K - M//2 ...
+    K + M//2 around the key image K, columns: P positions, as CS-Att Fig. 2), or (M, H, W) spatial maps, one
+    panel per image with a shared colour scale."""
+    maps = np.asarray(maps, dtype=float)
+    if maps.ndim == 1:
+        maps = maps[:, None]
+    if maps.ndim not in (2, 3):
+        raise ValueError(f"maps must be (M,), (M, P) or (M, H, W), got shape {maps.shape}")
+    count = maps.shape[0]
+    names = [f"K{i - count // 2:+d}" if i != count // 2 else "K" for i in range(count)] if count % 2 else None
+    names = names or [f"image {i}" for i in range(count)]
+    low, high = float(maps.min()), float(maps.max())
+    if maps.ndim == 2:
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * maps.shape[1] + 2), max(3.0, 0.35 * count + 1.5)))
+        shown = ax.imshow(maps, cmap="viridis", vmin=low, vmax=high, aspect="auto", interpolation="nearest")
+        ax.set_yticks(range(count), names)
+        ax.set_xlabel("position")
+        fig.colorbar(shown, ax=ax)
+    else:
+        columns = min(count, 4)
+        rows = math.ceil(count / columns)
+        fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns + 0.8, 2.6 * rows + 0.6), squeeze=False)
+        for i, ax in enumerate(axes.flat):
+            ax.set_axis_off()
+            if i < count:
+                shown = ax.imshow(maps[i], cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
+                ax.set_title(names[i], fontsize=9)
+        fig.colorbar(shown, ax=axes.ravel().tolist())
+    fig.suptitle(title)
+    return _save(fig, out_path)
+
+
+def save_overlay_png_from_files(
+    image_path: str | os.PathLike,
+    label_path: str | os.PathLike,
+    pred_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    **kwargs,
+) -> Path:
+    """``save_overlay_png`` of NIfTI files, each reoriented to RAS by its affine and checked to share one grid."""
+    from shared.metrics.label_volumes import check_same_grid, label_array, load_ras, voxels
+
+    image_img, label_img, pred_img = load_ras(image_path), load_ras(label_path), load_ras(pred_path)
+    check_same_grid(image_img, image_path, label_img, label_path)
+    check_same_grid(pred_img, pred_path, label_img, label_path)
+    image = voxels(image_img, image_path).astype(np.float32)
+    label = label_array(label_img, label_path, num_labels=None)
+    pred = label_array(pred_img, pred_path, num_labels=None)
+    return save_overlay_png(image, label, pred, out_path, **{"title": Path(image_path).name, **kwargs})

@@ -1,0 +1,120 @@
+"""Pictures: sizes, colours where boxes and labels are drawn, radiological orientation, slice choice, `show` CLI."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared import visualize
+from shared.data.phantom_ct import nifti, reorient
+from shared.metrics.deeplesion import froc
+
+RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+
+
+def _pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _has_colour(pixels: np.ndarray, colour, tolerance: int = 40) -> bool:
+    return bool((np.abs(pixels.astype(int) - colour).max(axis=-1) <= tolerance).any())
+
+
+def test_axial_view_is_radiological():
+    volume = np.zeros((4, 3, 2))
+    volume[3, 2, 1] = 1  # highest x (patient right) and y (anterior)
+    view = visualize.axial_view(volume, 1)
+    assert view.shape == (3, 4)  # rows y, columns x
+    assert view[0, 0] == 1  # patient right on the left, anterior at the top
+
+
+def test_slices_with_most_foreground():
+    label = np.zeros((4, 4, 10), np.int16)
+    label[:, :, 2] = 1
+    label[:2, :, 7] = 2
+    pred = np.zeros_like(label)
+    pred[0, 0, 5] = 1
+    assert visualize.slices_with_most_foreground(label, pred, 2) == [2, 7]
+    assert visualize.slices_with_most_foreground(label, pred, 5) == [2, 5, 7]  # only slices with foreground
+    assert visualize.slices_with_most_foreground(0 * label, pred * 0, 3) == [2, 4, 7]  # none: evenly spaced
+
+
+def _volumes() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x, y, z = np.mgrid[:40, :32, :8]
+    image = np.where(((x - 20) / 18) ** 2 + ((y - 16) / 14) ** 2 <= 1, 40.0, -1000.0)
+    label = np.zeros(image.shape, np.int16)
+    label[8:20, 8:20, 2:6] = 1
+    label[10:14, 10:14, 3:5] = 2
+    return image, label, np.roll(label, 2, axis=0)
+
+
+def test_overlay_png_size_and_class_colours(tmp_path):
+    image, label, pred = _volumes()
+    out = visualize.save_overlay_png(
+        image, label, pred, tmp_path / "overlay.png", num_slices=3, class_names=("bg", "kidney", "tumour")
+    )
+    pixels = _pixels(out)
+    assert pixels.shape == (3 * 320 + 90, 640, 3)
+    kidney, tumour = (np.array(c) * 255 for c in visualize.CLASS_COLOURS[:2])
+    assert _has_colour(pixels[:, :320], kidney) and _has_colour(pixels[:, :320], tumour)  # contours, left
+    assert _has_colour(pixels[:, 320:], tumour)  # prediction, right
+    with pytest.raises(ValueError, match="one shape"):
+        visualize.save_overlay_png(image, label[:-1], pred, tmp_path / "bad.png")
+
+
+def test_detection_png_colours_where_the_boxes_are(tmp_path):
+    image = np.zeros((128, 128))
+    gt = [[20, 20, 50, 50]]
+    preds = [[23, 23, 53, 53], [80, 10, 110, 40], [80, 60, 100, 80]]  # TP (IoU .68), FP, below the score threshold
+    out = visualize.save_detection_png(image, gt, preds, [0.9, 0.8, 0.1], tmp_path / "det.png", score_threshold=0.5)
+    pixels = _pixels(out)
+    assert pixels.shape == (512, 512, 3)  # enlarged 4 times: pixel x covers output columns [4x, 4x + 4)
+
+    def edge(x, y0, y1):  # the vertical edge at image x, between image rows y0 and y1
+        return pixels[4 * y0 : 4 * y1, int(4 * (x + 0.5)) - 2 : int(4 * (x + 0.5)) + 3]
+
+    assert _has_colour(edge(20, 30, 40), BLUE, 0)  # ground truth
+    assert _has_colour(edge(53, 30, 40), GREEN, 0)  # true positive
+    assert _has_colour(edge(80, 20, 30), RED, 0)  # false positive
+    assert not _has_colour(edge(80, 65, 75), RED) and not _has_colour(edge(80, 65, 75), GREEN)  # not drawn
+    assert not _has_colour(edge(35, 30, 40), BLUE)  # inside the ground truth box: no line
+
+
+def test_froc_png(tmp_path):
+    result = froc([np.array([[0, 0, 10, 10], [20, 20, 30, 30]])], [np.array([0.9, 0.5])], [np.array([[0, 0, 10, 10]])])
+    pixels = _pixels(visualize.save_froc_png(result.curve, tmp_path / "froc.png", "FROC test"))
+    assert pixels.shape == (480, 640, 3)
+    assert _has_colour(pixels, (214, 39, 40))  # the tab:red markers at the standard FP rates
+
+
+@pytest.mark.parametrize("shape", [(7,), (7, 16), (5, 8, 8)])
+def test_attention_png(tmp_path, shape):
+    maps = np.random.default_rng(0).uniform(size=shape)
+    out = visualize.save_attention_png(maps, tmp_path / "attention.png", "attention")
+    assert _pixels(out).shape[0] > 100
+
+
+def test_attention_png_rejects_4d(tmp_path):
+    with pytest.raises(ValueError, match="maps must be"):
+        visualize.save_attention_png(np.zeros((2, 2, 2, 2)), tmp_path / "a.png")
+
+
+def test_show_cli_reorients_nifti_and_names_bad_files(tmp_path, repo_root):
+    image, label, pred = _volumes()
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    paths = {}
+    for name, data, axcodes in (("image", image, "LPS"), ("label", label, "IPL"), ("pred", pred, "RAS")):
+        on_disk, aff = reorient(data, affine, axcodes)
+        paths[name] = tmp_path / f"{name}.nii.gz"
+        nifti(on_disk, aff).to_filename(paths[name])
+    out = tmp_path / "show.png"
+    command = [sys.executable, "-m", "shared", "show", paths["image"], paths["label"], paths["pred"], out]
+    done = subprocess.run([*map(str, command), "--num_slices", "2"], cwd=repo_root, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert _pixels(out).shape == (2 * 320 + 90, 640, 3)
+    on_disk, aff = reorient(pred[:, :, :-1], affine, "RAS")
+    nifti(on_disk, aff).to_filename(paths["pred"])
+    done = subprocess.run(list(map(str, command)), cwd=repo_root, capture_output=True, text=True)
+    assert done.returncode == 1 and "pred.nii.gz: shape (40, 32, 7)" in done.stderr
