@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from shared.data import phantom_ct
 from shared.data.atomic import atomic_path
+from shared.data.check_cache import CheckCache
 from shared.data.nifti_checks import check_image, check_pair
 from shared.data.validation import root_problem
 
@@ -104,7 +105,10 @@ def _case_dirs(root: Path) -> list[tuple[int, Path]]:
 
 
 def validate(root) -> list[str]:
-    """Every problem of a KiTS19 root, one message each starting with the path concerned (empty: valid)."""
+    """Every problem of a KiTS19 root, one message each starting with the path concerned (empty: valid).
+
+    Reads every volume (files unchanged since they last passed are skipped, see :mod:`shared.data.check_cache`).
+    """
     problem = root_problem("kits19", root, "case_00000/imaging.nii.gz")
     if problem:
         return [problem]
@@ -115,7 +119,7 @@ def validate(root) -> list[str]:
             f"{root}: no case_XXXXX folders; point --dataset_dir at the kits19 'data' folder holding "
             f"case_00000/imaging.nii.gz, or make phantoms with `python -m shared phantoms kits19 {root}`"
         ]
-    problems = []
+    problems, cache = [], CheckCache()
     for case_id, folder in tqdm(cases, desc="validating kits19", unit="case", disable=None, leave=False):
         image, label = folder / IMAGE, folder / LABEL
         if not image.is_file():
@@ -123,9 +127,10 @@ def validate(root) -> list[str]:
         if not label.is_file() and case_id in LABELLED_IDS:
             problems.append(f"{label}: missing label (KiTS19 labels cases 0-209); restore {LABEL} or remove the folder")
         if image.is_file() and label.is_file():
-            problems += check_pair(image, label, CLASSES, "KiTS19")
+            problems += check_pair(image, label, CLASSES, "KiTS19", cache)
         elif image.is_file():
-            problems += check_image(image)[1]
+            problems += check_image(image, cache)
+    cache.save()
     return problems
 
 

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from shared.data import phantom_ct
 from shared.data.atomic import atomic_path
+from shared.data.check_cache import CheckCache
 from shared.data.nifti_checks import check_image, check_pair
 from shared.data.validation import root_problem
 
@@ -92,7 +93,10 @@ def _scan(root: Path) -> tuple[dict[str, dict[int, Path]], list[str]]:
 
 
 def validate(root) -> list[str]:
-    """Every problem of a LiTS root, one message each starting with the path concerned (empty: valid)."""
+    """Every problem of a LiTS root, one message each starting with the path concerned (empty: valid).
+
+    Reads every volume (files unchanged since they last passed are skipped, see :mod:`shared.data.check_cache`).
+    """
     problem = root_problem("lits", root, "volume-0.nii and segmentation-0.nii")
     if problem:
         return [problem]
@@ -104,18 +108,20 @@ def validate(root) -> list[str]:
             f"segmentation-N.nii, or make phantoms with `python -m shared phantoms lits {root}`"
         ]
     volumes, labels = found["volume"], found["segmentation"]
+    cache = CheckCache()
     for number in tqdm(sorted(volumes.keys() | labels.keys()), desc="validating lits", disable=None, leave=False):
         if number not in labels:
             problems.append(
                 f"{volumes[number]}: missing label segmentation-{number}.nii; restore it or move the volume out"
             )
-            problems += check_image(volumes[number])[1]
+            problems += check_image(volumes[number], cache)
         elif number not in volumes:
             problems.append(f"{labels[number]}: missing image volume-{number}.nii; restore it or remove the label")
         else:
-            problems += check_pair(volumes[number], labels[number], CLASSES, "LiTS")
+            problems += check_pair(volumes[number], labels[number], CLASSES, "LiTS", cache)
     for path in found["test-volume"].values():
-        problems += check_image(path)[1]
+        problems += check_image(path, cache)
+    cache.save()
     return problems
 
 

@@ -1,13 +1,15 @@
 """Checks of NIfTI image/label pairs shared by the KiTS19 and LiTS validators: readable, 3D, same grid, classes.
 
 Every reader failure (truncated gzip, short file, not NIfTI) becomes a message starting with the file's path;
-nothing here raises on bad data.
+nothing here raises on bad data. With a :class:`CheckCache`, files unchanged since they last passed are not re-read.
 """
 
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+
+from shared.data.check_cache import CheckCache
 
 
 def _read(path: Path) -> tuple[np.ndarray | None, np.ndarray | None, str | None]:
@@ -21,22 +23,43 @@ def _read(path: Path) -> tuple[np.ndarray | None, np.ndarray | None, str | None]
         return None, None, f"{path}: unreadable NIfTI ({reason}); the file is truncated or corrupt: copy it again"
 
 
-def check_image(path: Path) -> tuple[tuple[np.ndarray, np.ndarray] | None, list[str]]:
-    """Read a CT volume; return ((data, affine) or None, problems): unreadable, not 3D, singular affine."""
-    data, affine, problem = _read(path)
-    if problem:
-        return None, [problem]
+def _image_problems(path: Path, data: np.ndarray, affine: np.ndarray) -> list[str]:
     problems = []
     if data.ndim != 3:
         problems.append(f"{path}: image is not 3D (shape {data.shape}); expected one CT volume (x, y, z)")
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-6:
         problems.append(f"{path}: invalid affine (singular or not finite); re-export the volume with its geometry")
-    return (data, affine), problems
+    return problems
 
 
-def check_pair(image_path: Path, label_path: Path, classes: dict[int, str], dataset: str) -> list[str]:
+def check_image(path: Path, cache: CheckCache | None = None) -> list[str]:
+    """Problems of a CT volume without label: unreadable, not 3D, singular affine."""
+    key = cache.key(path, check="image") if cache is not None else None
+    if cache is not None and key in cache:
+        return []
+    data, affine, problem = _read(path)
+    problems = [problem] if problem else _image_problems(path, data, affine)
+    if not problems and cache is not None:
+        cache.add(key)
+    return problems
+
+
+def check_pair(
+    image_path: Path, label_path: Path, classes: dict[int, str], dataset: str, cache: CheckCache | None = None
+) -> list[str]:
     """Problems of an image/label pair: each readable and 3D, same shape and affine, labels in ``classes``."""
-    image, problems = check_image(image_path)
+    key = cache.key(image_path, label_path, check=f"pair {sorted(classes)}") if cache is not None else None
+    if cache is not None and key in cache:
+        return []
+    problems = _pair_problems(image_path, label_path, classes, dataset)
+    if not problems and cache is not None:
+        cache.add(key)
+    return problems
+
+
+def _pair_problems(image_path: Path, label_path: Path, classes: dict[int, str], dataset: str) -> list[str]:
+    image_data, image_affine, problem = _read(image_path)
+    problems = [problem] if problem else _image_problems(image_path, image_data, image_affine)
     label_data, label_affine, problem = _read(label_path)
     if problem:
         return [*problems, problem]
@@ -51,9 +74,8 @@ def check_pair(image_path: Path, label_path: Path, classes: dict[int, str], data
             f"{label_path}: {int(outside.sum())} voxels have label values {shown} outside the {dataset} classes "
             f"{names}; fix the label map"
         )
-    if image is None:
+    if image_data is None:
         return problems
-    image_data, image_affine = image
     if image_data.shape != label_data.shape:
         problems.append(
             f"{label_path}: label shape {label_data.shape} differs from image {image_path.name} shape "
