@@ -169,6 +169,17 @@ def deeplesion_root(tmp_path):
     return root
 
 
+def test_key_slices_group_rows_drop_noisy_ones_and_make_boxes_0_based(deeplesion_root):
+    from shared.data.deeplesion import read_annotations
+
+    truth = dl.key_slices(read_annotations(deeplesion_root), "test")
+    assert [(k.series, k.slice) for k in truth] == [("000001_01_01", 10), ("000002_01_01", 20)]
+    first = truth[0]
+    assert first.boxes == [[10, 10, 30, 30], [60, 60, 100, 100]]
+    assert first.types == [5, 1] and first.diameters_mm == [10.0, 40.0] and first.slice_interval_mm == 1.0
+    assert [k.series for k in dl.key_slices(read_annotations(deeplesion_root), "validation")] == ["000004_01_01"]
+
+
 def test_evaluate_dir_perfect_then_one_lesion_missed(deeplesion_root, tmp_path):
     pred_dir = tmp_path / "pred"
     exact = [
@@ -208,7 +219,8 @@ def test_evaluate_dir_errors(deeplesion_root, tmp_path):
         tmp_path / "detections.json", [{"series": "1_1_1", "slice": 1, "box": [0, 0, 1, 1], "score": 1}]
     )
     with pytest.raises(
-        ValueError, match="none of its 1 detections is on a key slice .* series '000001_01_01' slice 10"
+        ValueError,
+        match="detections.json: none of its 1 detections is on an evaluated key slice .* '000001_01_01' slice 10",
     ):
         dl.evaluate_dir(tmp_path, deeplesion_root)
     with pytest.raises(ValueError, match="unknown split 'testing'"):

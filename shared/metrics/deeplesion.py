@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from shared.data.atomic import atomic_path
-from shared.data.deeplesion import make_datalist
+from shared.data.deeplesion import read_annotations
 from shared.metrics.table import MetricTable
 
 FP_RATES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -37,8 +37,8 @@ LESION_TYPES = {1: "BN", 2: "AB", 3: "ME", 4: "LV", 5: "LU", 6: "KD", 7: "ST", 8
 TYPE_ORDER = ("LU", "ME", "LV", "ST", "PV", "AB", "KD", "BN")
 DIAMETER_GROUPS = ("<10mm", "10-30mm", ">30mm")
 INTERVAL_GROUPS = ("<2.5mm", ">=2.5mm")
-# evaluate_dir's split argument -> key of shared.data.deeplesion.make_datalist
-SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation", "test": "test"}
+# split names -> DL_info.csv Train_Val_Test
+SPLITS = {"train": 1, "training": 1, "val": 2, "validation": 2, "test": 3}
 
 
 def box_overlaps(det_boxes: np.ndarray, gt_boxes: np.ndarray, use_iobb: bool = False) -> np.ndarray:
@@ -253,70 +253,91 @@ def _checked_detection(entry: Any, where: str) -> dict[str, Any]:
     return {**entry, "series": series, "slice": slice_number, "box": box, "score": score}
 
 
-def evaluate_dir(
-    pred_dir: str | os.PathLike,
-    ref_dir: str | os.PathLike,
-    split: str = "test",
-    iou_threshold: float = 0.5,
-    use_iobb: bool = False,
-    fp_rate: float = 4.0,
-) -> MetricTable:
-    """Score ``<pred_dir>/detections.json`` on the key slices of ``split`` of the DeepLesion root ``ref_dir``.
+@dataclass
+class KeySlice:
+    """Ground truth of one evaluated key slice: 0-based boxes, lesion type ids, long diameters (mm), slice interval."""
 
-    Key slices and ground truth come from ``shared.data.deeplesion.make_datalist``: DL_info.csv rows grouped by key
-    slice, 0-based boxes, and noisy rows (``Possibly_noisy``) removed, as 3DCE and CS-Att (sec. 3: "35 noisy
-    lesion annotations ... are removed for training and testing"); a key slice whose lesions are all noisy is
-    not evaluated. Long diameters in mm are ``Lesion_diameters_Pixel_[0]`` times the pixel spacing.
-    Rows: per key slice, its lesions, those found and the false positives at the threshold of ``fp_rate``.
-    Summary: sensitivities at 0.5-16 FPs per image, and CS-Att Table 2 groups at ``fp_rate``. Detections on
-    other slices (not key slices of the split) are ignored and counted.
+    series: str
+    slice: int
+    boxes: list[list[float]]
+    types: list[int]
+    diameters_mm: list[float]
+    slice_interval_mm: float
+
+
+def key_slices(rows: Iterable[dict[str, Any]], split: str = "test") -> list[KeySlice]:
+    """Key slices of a split from ``shared.data.deeplesion.read_annotations`` rows, noisy rows removed.
+
+    As 3DCE and CS-Att (sec. 3: "35 noisy lesion annotations ... are removed for training and testing"), rows with
+    ``Possibly_noisy`` are dropped, and a key slice whose lesions are all noisy is not evaluated. Boxes become
+    0-based (DL_info.csv is 1-based); the long diameter is ``Lesion_diameters_Pixel_[0]`` times the pixel spacing.
+    Sorted by series, then slice.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
-    path = Path(pred_dir) / "detections.json"
-    if not path.is_file():
-        raise ValueError(f"{path}: not found; the detection inference writes it (format: shared.metrics.deeplesion)")
-    images = make_datalist(ref_dir)[SPLITS[split]]
-    if not images:
-        raise ValueError(f"{ref_dir}: no key slice in split {split!r} (after removing noisy rows)")
-    by_image: dict[tuple[str, int], list[dict[str, Any]]] = {(k["series"], k["key_slice"]): [] for k in images}
-    detections = read_detections(path)
+    slices: dict[tuple[str, int], KeySlice] = {}
+    for row in rows:
+        if row["Train_Val_Test"] != SPLITS[split] or row["Possibly_noisy"]:
+            continue
+        series, number = row["File_name"].rsplit("_", 1)[0], row["Key_slice_index"]
+        spacing = row["Spacing_mm_px_"]
+        entry = slices.setdefault((series, number), KeySlice(series, number, [], [], [], spacing[2]))
+        entry.boxes.append([v - 1.0 for v in row["Bounding_boxes"]])
+        entry.types.append(row["Coarse_lesion_type"])
+        entry.diameters_mm.append(row["Lesion_diameters_Pixel_"][0] * spacing[0])
+    return [slices[key] for key in sorted(slices)]
+
+
+def score_detections(
+    detections: Sequence[dict[str, Any]],
+    truth: Sequence[KeySlice],
+    iou_threshold: float = 0.5,
+    use_iobb: bool = False,
+    fp_rate: float = 4.0,
+    source: str = "detections",
+) -> tuple[MetricTable, FROCResult]:
+    """FROC of detections (dicts of the detection file) on key slices, as a table and the ``FROCResult``.
+
+    Rows: per key slice, its lesions, those found and the false positives at the threshold of ``fp_rate``.
+    Summary: sensitivities at 0.5-16 FPs per image, and CS-Att Table 2 groups at ``fp_rate``. Detections on other
+    slices are ignored and counted; if there are detections but none on a key slice, a ValueError (naming
+    ``source``) says so, as series names or slice numbers must then be wrong.
+    """
+    if not truth:
+        raise ValueError("no key slice to evaluate")
+    by_image: dict[tuple[str, int], list[dict[str, Any]]] = {(k.series, k.slice): [] for k in truth}
     for det in detections:
         if (det["series"], det["slice"]) in by_image:
             by_image[(det["series"], det["slice"])].append(det)
     used = sum(len(v) for v in by_image.values())
     if detections and not used:
-        example, key = detections[0], images[0]
+        example = detections[0]
         raise ValueError(
-            f"{path}: none of its {len(detections)} detections is on a key slice of split {split!r} of {ref_dir} "
-            f"(e.g. series {example['series']!r} slice {example['slice']}, while key slices look like series "
-            f"{key['series']!r} slice {key['key_slice']}); check the series names and slice numbers"
+            f"{source}: none of its {len(detections)} detections is on an evaluated key slice (e.g. series "
+            f"{example['series']!r} slice {example['slice']}, while key slices look like series "
+            f"{truth[0].series!r} slice {truth[0].slice}); check the series names and slice numbers"
         )
-    dets = [by_image[(k["series"], k["key_slice"])] for k in images]
+    dets = [by_image[(k.series, k.slice)] for k in truth]
     result = froc(
         [[d["box"] for d in ds] for ds in dets],
         [[d["score"] for d in ds] for ds in dets],
-        [k["boxes"] for k in images],
+        [k.boxes for k in truth],
         iou_threshold=iou_threshold,
         use_iobb=use_iobb,
     )
     threshold = result.threshold_at(fp_rate)
     rows = [
         {
-            "series": k["series"],
-            "slice": k["key_slice"],
-            "lesions": len(k["boxes"]),
+            "series": k.series,
+            "slice": k.slice,
+            "lesions": len(k.boxes),
             f"found@{fp_rate:g}": int(np.count_nonzero(found >= threshold)),
             f"fp@{fp_rate:g}": int(np.count_nonzero(is_fp & (np.array([d["score"] for d in ds]) >= threshold))),
         }
-        for k, ds, found, is_fp in zip(images, dets, result.lesion_scores, result.detection_is_fp)
+        for k, ds, found, is_fp in zip(truth, dets, result.lesion_scores, result.detection_is_fp)
     ]
     breakdown = table2_sensitivities(
-        result,
-        [k["lesion_types"] for k in images],
-        [[long for long, _ in k["diameters_mm"]] for k in images],
-        [k["spacing"][2] for k in images],
-        fp_rate,
+        result, [k.types for k in truth], [k.diameters_mm for k in truth], [k.slice_interval_mm for k in truth], fp_rate
     )
     summary = {
         "images": result.num_images,
@@ -326,8 +347,28 @@ def evaluate_dir(
         **{f"sens@{fp_rate:g}_{group}": value for group, value in breakdown.items()},
     }
     criterion = "IoBB" if use_iobb else "IoU"
-    title = f"DeepLesion {split}: {path} vs {ref_dir} ({criterion} >= {iou_threshold})"
-    return MetricTable(rows, summary, title=title)
+    return MetricTable(rows, summary, title=f"DeepLesion: {source} ({criterion} >= {iou_threshold})"), result
+
+
+def evaluate_dir(
+    pred_dir: str | os.PathLike,
+    ref_dir: str | os.PathLike,
+    split: str = "test",
+    iou_threshold: float = 0.5,
+    use_iobb: bool = False,
+    fp_rate: float = 4.0,
+) -> MetricTable:
+    """Score ``<pred_dir>/detections.json`` on the key slices of ``split`` (``key_slices``) of the DeepLesion root
+    ``ref_dir``, read with ``shared.data.deeplesion.read_annotations``; see ``score_detections``."""
+    path = Path(pred_dir) / "detections.json"
+    if not path.is_file():
+        raise ValueError(f"{path}: not found; the detection inference writes it (format: shared.metrics.deeplesion)")
+    truth = key_slices(read_annotations(ref_dir), split)
+    if not truth:
+        raise ValueError(f"{ref_dir}: no key slice in split {split!r} (after removing noisy rows)")
+    table, _ = score_detections(read_detections(path), truth, iou_threshold, use_iobb, fp_rate, source=str(path))
+    table.title += f", {split} key slices of {ref_dir}"
+    return table
 
 
 def __getattr__(name: str):
