@@ -224,8 +224,17 @@ _LESION_HU = {  # (low, high) HU of lesion tissue per site
 }
 
 
-def place_lesion(rng: np.random.Generator, anatomy: Anatomy, request: LesionRequest, placed: Sequence[Lesion] = ()):
-    """Draw a lesion of the requested site/size inside its organ, not overlapping ``placed``; None if impossible."""
+def place_lesion(
+    rng: np.random.Generator,
+    anatomy: Anatomy,
+    request: LesionRequest,
+    placed: Sequence[Lesion] = (),
+    z_range: tuple[float, float] = (-120.0, 150.0),
+):
+    """Draw a lesion of the requested site/size inside its organ, not overlapping ``placed``; None if impossible.
+
+    Without a requested z, the centre's z is drawn in ``z_range`` (mm), e.g. the field of view being rendered.
+    """
     if request.site not in LESION_SITES:
         raise ValueError(f"unknown lesion site {request.site!r}: choose one of {', '.join(LESION_SITES)}")
     inside = anatomy.inside(request.site)
@@ -234,7 +243,7 @@ def place_lesion(rng: np.random.Generator, anatomy: Anatomy, request: LesionRequ
     for _ in range(200):
         x = rng.uniform(-a, a, 64) + anatomy.body.center[0]
         y = rng.uniform(-b, b, 64) + anatomy.body.center[1]
-        z = np.full(64, request.z_mm) if request.z_mm is not None else rng.uniform(-120, 150, 64)
+        z = np.full(64, request.z_mm) if request.z_mm is not None else rng.uniform(*z_range, 64)
         ok = inside(x, y, z)
         for other in placed:
             ox, oy, oz = other.shape.center
@@ -328,7 +337,8 @@ def make_abdomen(
 
     placed: list[Lesion] = []
     for request in lesions:
-        lesion = request if isinstance(request, Lesion) else place_lesion(rng, anatomy, request, placed)
+        fov = (float(z.min()), float(z.max()))
+        lesion = request if isinstance(request, Lesion) else place_lesion(rng, anatomy, request, placed, fov)
         if lesion is not None:
             placed.append(lesion)
     lesion_map = np.zeros(full, np.uint8)
