@@ -1,7 +1,7 @@
 """Challenge metrics, computed exactly as the challenges score: LiTS, KiTS19 and DeepLesion (FROC).
 
 Each dataset module exposes plain functions on arrays, an ignite/MONAI metric wrapper for evaluators, and
-``evaluate_dir(pred_dir, ref_dir) -> (rows, summary)`` used by ``python -m shared evaluate``.
+``evaluate_dir(pred_dir, ref_dir) -> MetricTable`` used by ``python -m shared evaluate``.
 """
 
 import importlib
