@@ -331,7 +331,7 @@ def _split_of(patient: int, num_patients: int) -> int:
 
 
 def _series_rows(rng, root: Path, patient: int, study: int, split: int, image_size, seed: int) -> list[dict]:
-    """Render one phantom series, write its PNG slices, return its DL_info rows (as CSV text per column)."""
+    """Render one phantom series, write its PNG slices, return its DL_info rows (values per column)."""
     patient_rng = np.random.default_rng([seed, 1_000_000 + patient])
     anatomy = phantom_ct.sample_anatomy(patient_rng)  # the same body in every study of a patient
     gender, age = ("M", "F")[int(patient_rng.integers(2))], int(patient_rng.integers(25, 86))

@@ -343,7 +343,7 @@ def make_abdomen(
             placed.append(lesion)
     lesion_map = np.zeros(full, np.uint8)
     clip = {
-        "liver": liver,
+        "liver": organs == ORGAN["liver"],  # without the gallbladder
         "spleen": organs == ORGAN["spleen"],
         "bone": anatomy.spine.contains(x, y, z),
         "kidney": cavity & (organs != ORGAN["bone"]),  # exophytic tumours grow out of the kidney
