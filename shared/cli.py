@@ -10,16 +10,17 @@ from pathlib import Path
 import fire
 
 
-def phantoms(dataset: str, out_dir: str, num_cases: int | None = None, seed: int = 0) -> None:
+def phantoms(dataset: str, out_dir: str, num_cases: int | None = None, seed: int = 0, **size) -> None:
     """Write a phantom dataset in the official layout of DATASET (kits19, lits or deeplesion) to OUT_DIR.
 
     The phantoms look like CT in HU (body, organs, lesions of several sizes, look-alike distractors, noise);
-    the same seed gives the same files. NUM_CASES defaults to the dataset module's demo size.
+    the same seed gives the same files. NUM_CASES defaults to the dataset module's demo size. SIZE options go to
+    the dataset's ``make_phantoms`` (kits19/lits: --shape "[16,32,32]"; deeplesion: --image_size 64).
     """
     from shared.data import dataset_module
 
     module = dataset_module(dataset)
-    kwargs = {"seed": seed} if num_cases is None else {"seed": seed, "num_cases": num_cases}
+    kwargs = {"seed": seed, **size} if num_cases is None else {"seed": seed, "num_cases": num_cases, **size}
     root = module.make_phantoms(out_dir, **kwargs)
     print(f"wrote {dataset} phantoms to {root}")
 
@@ -40,13 +41,19 @@ def validate(dataset: str, root: str) -> None:
 def datalist(dataset: str, root: str, out_json: str, seed: int = 0, fold: int = 0) -> None:
     """Write the MONAI datalist (training/validation/test with the papers' splits) of a DATASET ROOT to OUT_JSON."""
     from shared.data import dataset_module
+    from shared.data.atomic import atomic_path
+    from shared.data.validation import DatasetError, ensure_valid
 
-    data = dataset_module(dataset).make_datalist(root, seed=seed, fold=fold)
+    try:
+        ensure_valid(dataset, root)
+        data = dataset_module(dataset).make_datalist(root, seed=seed, fold=fold)
+    except DatasetError as err:
+        print(f"cannot build the {dataset} datalist of {root}:\n{err}", file=sys.stderr)
+        sys.exit(1)
     out = Path(out_json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2))
     sizes = ", ".join(f"{k}: {len(v)}" for k, v in data.items() if isinstance(v, list))
     print(f"wrote {out} ({sizes})")
 

@@ -33,3 +33,9 @@ def meta_schema() -> Path:
 
 
 META_SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
+
+
+@pytest.fixture(autouse=True)
+def _private_cache_home(tmp_path_factory, monkeypatch):
+    """Keep the validation cache (``$XDG_CACHE_HOME``) of every test inside pytest's temporary folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg_cache"))
