@@ -242,8 +242,3 @@ def prepare_entries(entries: Sequence[dict], loader: LoadDeepLesionSampled) -> l
     if entries and not good:
         raise ValueError("no DeepLesion entry could be loaded: check the dataset root (python -m shared validate)")
     return good
-
-
-def detection_collate(batch: Sequence[dict]) -> list[dict]:
-    """Keep a batch of detection samples as a list (images differ in size; torchvision detectors take lists)."""
-    return list(batch)

@@ -1,0 +1,137 @@
+"""cs_att_deeplesion bundle: metadata, run ids, and train/evaluate/inference of both networks on tiny phantoms."""
+
+import json
+import math
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser, run, verify_metadata
+
+from shared.data.deeplesion import make_datalist, make_phantoms
+from tests.conftest import META_SCHEMA_MD5
+
+CONFIGS = ("train.json", "evaluate.json", "inference.json")
+VA_CONFIGS = ("train_va_faster_rcnn.json", "evaluate_va_faster_rcnn.json", "inference_va_faster_rcnn.json")
+RUN_IDS = {
+    "train.json": ("training", "run"),
+    "evaluate.json": ("evaluating", "run"),
+    "inference.json": ("inference", "run"),
+}
+# tiny sizes: 64 px images, 1 epoch, no workers
+TINY = {"max_size": 64, "spacing_mm": 4.0, "num_workers": 0}
+
+
+@pytest.fixture(scope="module")
+def configs(repo_root):
+    return repo_root / "bundles" / "cs_att_deeplesion" / "configs"
+
+
+def test_metadata_verifies_offline(configs, meta_schema, tmp_path):
+    verify_metadata(
+        meta_file=str(configs / "metadata.json"),
+        filepath=str(meta_schema),
+        hash_val=META_SCHEMA_MD5,
+        create_dir=False,
+    )
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_configs_define_the_run_ids_and_paper_settings(configs, name):
+    parser = ConfigParser()
+    parser.read_config(str(configs / name))
+    for run_id in (*RUN_IDS[name], "initialize"):
+        assert run_id in parser.config, f"{name} lacks {run_id}"
+    assert parser["hu_window"] == [-1024, 3071] and parser["spacing_mm"] == 0.8 and parser["max_size"] == 512
+    assert parser["slice_interval_mm"] == 2.0
+    if name == "train.json":  # CS-Att sec. 3
+        assert parser["epochs"] == 6 and parser["lr_milestones"] == [4, 5] and parser["batch_size"] == 2
+        assert parser["learning_rate"] == 1e-3 and parser["momentum"] == 0.9 and parser["weight_decay"] == 5e-5
+
+
+@pytest.mark.parametrize("name", VA_CONFIGS)
+def test_va_overrides_replace_the_network(configs, name):
+    parser = ConfigParser()
+    parser.read_config([str(configs / name.replace("_va_faster_rcnn", "")), str(configs / name)])
+    assert parser["network_def"]["_target_"] == "shared.networks.va_rcnn.build_va_faster_rcnn"
+    assert parser["num_images"] == 3  # VA sec. 3.3: bag of 3 images = 9 slices
+
+
+@pytest.fixture(scope="module")
+def phantom_root(tmp_path_factory):
+    return make_phantoms(tmp_path_factory.mktemp("deeplesion"), num_cases=3, seed=0, image_size=64)
+
+
+def _volume_dir(tmp_path):
+    folder = tmp_path / "volumes"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    nib.save(
+        nib.Nifti1Image(rng.normal(0, 200, (40, 36, 5)).astype(np.float32), np.diag([2.0, 2.0, 5.0, 1.0])),
+        str(folder / "ct.nii.gz"),
+    )
+    return folder
+
+
+def _run_all(configs, files, phantom_root, tmp_path, **network):
+    """Train 1 epoch, resume to 2, evaluate on validation, infer on the test split and on a volume."""
+    models, cache = tmp_path / "models", tmp_path / "cache"
+    paths = [[str(configs / f) for f in group] for group in files]
+    common = {**TINY, **network, "dataset_dir": str(phantom_root), "cache_dir": str(cache)}
+    train = {**common, "ckpt_dir": str(models), "output_dir": str(tmp_path / "runs"), "batch_size": 2}
+    run("training", config_file=paths[0], **train, epochs=1)
+    assert (models / "model.pt").is_file() and list(models.glob("resume_*epoch=1.pt"))
+    run("training", config_file=paths[0], **train, epochs=2)  # resumes from epoch 1
+    assert list(models.glob("resume_*epoch=2.pt"))
+    assert list(cache.glob("*.npz"))
+
+    ckpt = str(models / "model.pt")
+    eval_dir = tmp_path / "eval"
+    run("evaluating", config_file=paths[1], **common, ckpt_path=ckpt, output_dir=str(eval_dir), split="validation")
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    for rate in ("0.5", "1", "2", "4", "8", "16"):
+        value = summary[f"sens@{rate}"]
+        assert value is None or 0.0 <= value <= 1.0
+    for name in ("froc.png", "table2.csv", "sensitivity.csv", "detections.json"):
+        assert (eval_dir / name).is_file()
+    assert list(eval_dir.glob("detections_*.png"))
+
+    out = tmp_path / "out"
+    run("inference", config_file=paths[2], **common, ckpt_path=ckpt, output_dir=str(out))
+    test_keys = {(e["series"], e["key_slice"]) for e in make_datalist(phantom_root)["test"]}
+    dets = json.loads((out / "detections.json").read_text())["detections"]
+    assert {(d["series"], d["slice"]) for d in dets} <= test_keys
+
+    vol_out = tmp_path / "vol_out"
+    volumes = _volume_dir(tmp_path)
+    run(
+        "inference",
+        config_file=paths[2],
+        **{**common, "dataset_dir": str(volumes)},
+        ckpt_path=ckpt,
+        output_dir=str(vol_out),
+        min_score=0.0,
+        label_threshold=0.0,
+    )
+    dets = json.loads((vol_out / "detections.json").read_text())["detections"]
+    assert dets and {d["slice"] for d in dets} <= set(range(5))
+    assert all(len(d["world_corners"]) == 2 and math.isfinite(d["score"]) for d in dets)
+    assert nib.load(str(vol_out / "ct_boxes.nii.gz")).shape == (40, 36, 5)
+    return models
+
+
+@pytest.mark.slow
+def test_3dce_csatt_train_resume_evaluate_infer(configs, phantom_root, tmp_path):
+    files = [(c,) for c in CONFIGS]
+    models = _run_all(configs, files, phantom_root, tmp_path, backbone="tiny", num_images=3)
+    state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    assert any(k.startswith("backbone.attention.phi_c") for k in state)
+
+
+@pytest.mark.slow
+def test_va_faster_rcnn_train_resume_evaluate_infer(configs, phantom_root, tmp_path):
+    files = list(zip(CONFIGS, VA_CONFIGS))
+    models = _run_all(configs, files, phantom_root, tmp_path, va_backbone="resnet18")
+    state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    assert any(k.startswith("backbone.attention.") for k in state)
