@@ -352,6 +352,13 @@ def _attention_pictures(model, sample: dict, out_dir: Path) -> list[Path]:
     return saved
 
 
+def _text_table(header: list[str], row: list) -> str:
+    """Two aligned lines: a header and a row of numbers (3 decimals, NaN as n/a)."""
+    cells = [v if isinstance(v, str) else ("n/a" if math.isnan(v) else f"{v:.3f}") for v in row]
+    widths = [max(len(h), len(c)) for h, c in zip(header, cells)]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in (header, cells))
+
+
 def evaluate_detector(
     model: torch.nn.Module,
     dataset_dir: str | Path,
@@ -395,10 +402,10 @@ def evaluate_detector(
         [[d["box"] for d in ds] for ds in dets], [[d["score"] for d in ds] for ds in dets], [k.boxes for k in truth]
     )
     save_froc_png(result.curve, out_dir / "froc.png", title=f"FROC, DeepLesion {split}")
-    print(
-        "sensitivity at FPs per image: " + "  ".join(f"{r:g}: {s:.3f}" for r, s in zip(FP_RATES, result.sensitivities))
-    )
-    print("Table 2 groups (sensitivity at 4 FPs per image): " + "  ".join(f"{g}: {v:.3f}" for g, v in groups))
+    print(f"\nDeepLesion {split}: {result.num_images} key slices, {result.num_lesions} lesions")
+    print(_text_table(["FPs per image", *(f"{r:g}" for r in FP_RATES)], ["sensitivity", *result.sensitivities]))
+    print("CS-Att Table 2 groups, sensitivity at 4 FPs per image")
+    print(_text_table(["group", *(g for g, _ in groups)], ["sensitivity", *(v for _, v in groups)]))
 
     threshold = result.threshold_at(4.0)
     for k, ds in list(zip(truth, dets))[:num_pictures]:
