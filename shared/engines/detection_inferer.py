@@ -370,21 +370,22 @@ def evaluate_detector(
     """Detect on the key slices of ``split`` of a DeepLesion root, score them and draw the paper's pictures.
 
     Writes into ``output_dir``: ``detections.json``, ``sensitivity.csv`` (per key slice rows of
-    ``shared.metrics.deeplesion.evaluate_dir``), ``summary.json``, ``table2.csv`` (CS-Att Table 2 groups at 4 FPs
+    ``shared.metrics.deeplesion.score_detections``), ``summary.json``, ``table2.csv`` (CS-Att Table 2 groups at 4 FPs
     per image), ``froc.png``, ``detections_<series>_<slice>.png`` (GT blue, TP green, FP red) and the attention
     heatmaps. Prints the sensitivity table; returns the ``MetricTable``.
     """
     import json
 
     from shared.data.deeplesion import make_datalist, read_annotations
-    from shared.metrics.deeplesion import FP_RATES, evaluate_dir, froc, key_slices, write_detections
+    from shared.metrics.deeplesion import FP_RATES, key_slices, score_detections, write_detections
     from shared.visualize import save_detection_png, save_froc_png
 
     root, out_dir = Path(dataset_dir), Path(output_dir)
     entries = prepare_entries(make_datalist(root)[split], loader)
     detections = detect_entries(model, entries, loader)
-    write_detections(out_dir / "detections.json", detections)
-    table = evaluate_dir(out_dir, root, split=split)
+    path = write_detections(out_dir / "detections.json", detections)
+    truth = key_slices(read_annotations(root), split)
+    table, result = score_detections(detections, truth, source=str(path))
     table.write_csv(out_dir / "sensitivity.csv")
     with atomic_path(out_dir / "summary.json") as tmp:
         tmp.write_text(json.dumps(table.to_dict()["summary"], indent=1))
@@ -393,14 +394,6 @@ def evaluate_detector(
         rows = "".join(f"{g},{'' if math.isnan(v) else f'{v:.4f}'}\n" for g, v in groups)
         tmp.write_text("group,sensitivity_at_4fp\n" + rows)
 
-    truth = key_slices(read_annotations(root), split)
-    by_image: dict[tuple[str, int], list[dict]] = {(k.series, k.slice): [] for k in truth}
-    for det in detections:
-        by_image.get((det["series"], det["slice"]), []).append(det)
-    dets = [by_image[(k.series, k.slice)] for k in truth]
-    result = froc(
-        [[d["box"] for d in ds] for ds in dets], [[d["score"] for d in ds] for ds in dets], [k.boxes for k in truth]
-    )
     save_froc_png(result.curve, out_dir / "froc.png", title=f"FROC, DeepLesion {split}")
     print(f"\nDeepLesion {split}: {result.num_images} key slices, {result.num_lesions} lesions")
     print(_text_table(["FPs per image", *(f"{r:g}" for r in FP_RATES)], ["sensitivity", *result.sensitivities]))
@@ -408,8 +401,9 @@ def evaluate_detector(
     print(_text_table(["group", *(g for g, _ in groups)], ["sensitivity", *(v for _, v in groups)]))
 
     threshold = result.threshold_at(4.0)
-    for k, ds in list(zip(truth, dets))[:num_pictures]:
+    for k in truth[:num_pictures]:
         hu = read_hu_png(slice_files(root / "Images_png" / k.series)[k.slice])
+        ds = [d for d in detections if (d["series"], d["slice"]) == (k.series, k.slice)]
         save_detection_png(
             hu,
             k.boxes,
