@@ -204,7 +204,6 @@ def test_info_lists_bundle_with_metadata_labels(served):
     model = info["models"][case.name]
     assert model["type"] == "segmentation"
     assert model["labels"] == case.labels
-    assert model["dimension"] == 3
     assert case.name in info["trainers"]
 
 
