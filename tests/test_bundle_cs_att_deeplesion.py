@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import nibabel as nib
 import numpy as np
@@ -135,3 +138,17 @@ def test_va_faster_rcnn_train_resume_evaluate_infer(configs, phantom_root, tmp_p
     models = _run_all(configs, files, phantom_root, tmp_path, va_backbone="resnet18")
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     assert any(k.startswith("backbone.attention.") for k in state)
+
+
+@pytest.mark.slow
+def test_multi_gpu_train_runs_ddp_on_two_cpu_processes(repo_root, configs, phantom_root, tmp_path):
+    files = f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']"
+    overrides = {**TINY, "backbone": "tiny", "epochs": 1, "dataset_dir": phantom_root, "cache_dir": tmp_path / "cache"}
+    overrides.update(ckpt_dir=tmp_path / "models", output_dir=tmp_path / "runs")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run"]
+    cmd += ["training", "--config_file", files] + [a for k, v in overrides.items() for a in (f"--{k}", str(v))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "models" / "model.pt").is_file()
+    assert len(list((tmp_path / "models").glob("resume_*epoch=1.pt"))) == 1
