@@ -1,0 +1,1 @@
+"""Helpers of the va_maskrcnn_lits bundle configs (MONAI model-zoo convention: ``scripts.<module>``)."""
