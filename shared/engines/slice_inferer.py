@@ -16,6 +16,7 @@ from collections import OrderedDict
 
 import torch
 from monai.inferers import Inferer
+from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
 from shared.transforms.slice_bags import bag_slice_indices, image_slice_indices
@@ -113,6 +114,8 @@ class SliceInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
         if inputs.ndim != 5 or inputs.shape[1] != 1:
             raise ValueError(f"expected preprocessed volumes (B, 1, H, W, D), got shape {tuple(inputs.shape)}")
+        if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            network = network.module  # the evaluator of a DDP training passes the wrapper
         network.eval()
         self.images_computed = 0
         out = torch.zeros_like(inputs)

@@ -1,0 +1,151 @@
+"""va_maskrcnn_lits bundle: metadata, train/evaluate/inference and DDP on two CPU processes at tiny sizes, bad input."""
+
+import os
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.bundle import verify_metadata
+
+from shared.data.lits import make_datalist, make_phantoms
+from tests.conftest import META_SCHEMA_MD5
+
+TINY = {
+    "image_size": 32,
+    "bag_size": 3,
+    "backbone": "resnet18",
+    "proposals_train": 50,
+    "proposals_test": 20,
+    "roi_samples": 16,
+    "detections_per_image": 5,
+    "score_threshold": 0.05,
+    "num_workers": 0,
+}
+
+
+def _run(repo_root, config_files, run_id: str, overrides: dict, launcher=(), check=True):
+    cmd = [sys.executable, *launcher, "-m", "monai.bundle", "run", run_id, "--config_file", config_files]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo_root)}
+    result = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        pytest.fail(f"{run_id} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def configs(repo_root):
+    return repo_root / "bundles" / "va_maskrcnn_lits" / "configs"
+
+
+@pytest.fixture(scope="module")
+def lits_root(tmp_path_factory):
+    return make_phantoms(tmp_path_factory.mktemp("lits"), num_cases=8, shape=(32, 32, 12), num_test=1)
+
+
+@pytest.fixture(scope="module")
+def trained(repo_root, configs, lits_root, tmp_path_factory):
+    work = tmp_path_factory.mktemp("va_run")
+    overrides = {**TINY, "dataset_dir": lits_root, "epochs": 1, "samples_per_epoch": 4, "batch_size": 2}
+    overrides.update(ckpt_dir=work / "models", output_dir=work / "runs")
+    result = _run(repo_root, str(configs / "train.json"), "training", overrides)
+    return work, result
+
+
+def test_metadata_passes_the_schema(configs, meta_schema):
+    verify_metadata(meta_file=str(configs / "metadata.json"), filepath=str(meta_schema), hash_val=META_SCHEMA_MD5)
+
+
+@pytest.mark.slow
+def test_training_writes_checkpoints_and_logs_every_loss(trained):
+    work, result = trained
+    assert (work / "models" / "model.pt").is_file()
+    assert (work / "models" / "resume_checkpoint_epoch=1.pt").is_file()
+    assert list((work / "runs" / "cache").glob("*/image.npy"))  # volumes preprocessed once into the cache
+    log = result.stdout + result.stderr
+    for name in ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"):
+        assert name in log
+    assert "val_lesion_dice" in log
+
+
+@pytest.mark.slow
+def test_evaluation_writes_table_overlay_and_predictions_in_input_space(repo_root, configs, lits_root, trained):
+    work, _ = trained
+    out = work / "eval"
+    overrides = {**TINY, "dataset_dir": lits_root, "ckpt_dir": work / "models", "output_dir": out}
+    result = _run(repo_root, str(configs / "evaluate.json"), "evaluating", overrides)
+    assert "lesion_dice_per_case" in result.stdout and "lesion_dice_small" in result.stdout
+    rows = (out / "lits_metrics.csv").read_text().splitlines()
+    cases = [e["case"] for e in make_datalist(lits_root)["validation"]]
+    assert len(rows) >= 1 + len(cases) and all(any(c in r for r in rows) for c in cases)
+    assert (out / "overlay.png").stat().st_size > 0
+    for case in cases:
+        pred = nib.load(out / "predictions" / f"{case}_seg.nii.gz")
+        ref = nib.load(lits_root / f"segmentation-{case.split('-')[1]}.nii")
+        assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine)
+        assert set(np.unique(np.asarray(pred.dataobj)).tolist()) <= {0, 1, 2}
+
+
+@pytest.mark.slow
+def test_inference_on_nifti_and_dicom_folder(repo_root, configs, lits_root, trained, tmp_path, totalseg_dir):
+    work, _ = trained
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "test-volume-0.nii").symlink_to(lits_root / "test-volume-0.nii")
+    (inputs / "dicom_case").symlink_to(totalseg_dir / "example_ct_dicom")
+    out = tmp_path / "out"
+    _run(
+        repo_root,
+        str(configs / "inference.json"),
+        "inference",
+        {**TINY, "dataset_dir": inputs, "ckpt_dir": work / "models", "output_dir": out},
+    )
+    pred = nib.load(out / "test-volume-0_seg.nii.gz")
+    image = nib.load(lits_root / "test-volume-0.nii")
+    assert pred.shape == image.shape and np.allclose(pred.affine, image.affine)
+    dicom_pred = nib.load(out / "dicom_case_seg.nii.gz")
+    assert dicom_pred.shape == (512, 512, 20)
+
+
+@pytest.mark.slow
+def test_inference_refuses_a_corrupt_volume_and_writes_nothing(repo_root, configs, lits_root, trained, tmp_path):
+    work, _ = trained
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "test-volume-0.nii").symlink_to(lits_root / "test-volume-0.nii")
+    (inputs / "volume-bad.nii").write_bytes((lits_root / "volume-0.nii").read_bytes()[:500])
+    out = tmp_path / "out"
+    overrides = {**TINY, "dataset_dir": inputs, "ckpt_dir": work / "models", "output_dir": out}
+    result = _run(repo_root, str(configs / "inference.json"), "inference", overrides, check=False)
+    assert result.returncode != 0
+    assert "volume-bad.nii: cannot be read" in result.stderr and "nothing written" in result.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.slow
+def test_training_refuses_labels_outside_the_lits_classes(repo_root, configs, lits_root, tmp_path):
+    root = tmp_path / "lits"
+    root.mkdir()
+    for name in ("volume-0.nii", "segmentation-0.nii", "volume-1.nii", "segmentation-1.nii"):
+        (root / name).write_bytes((lits_root / name).read_bytes())
+    bad = nib.load(root / "segmentation-1.nii")
+    data = np.asarray(bad.dataobj).copy()
+    data[0, 0, 0] = 7
+    nib.Nifti1Image(data, bad.affine).to_filename(root / "segmentation-1.nii")
+    overrides = {**TINY, "dataset_dir": root, "epochs": 1, "ckpt_dir": tmp_path / "m", "output_dir": tmp_path / "r"}
+    result = _run(repo_root, str(configs / "train.json"), "training", overrides, check=False)
+    assert result.returncode != 0
+    assert "segmentation-1.nii" in result.stderr and "7" in result.stderr
+
+
+@pytest.mark.slow
+def test_multi_gpu_train_runs_ddp_on_two_cpu_processes(repo_root, configs, lits_root, tmp_path):
+    files = f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']"
+    overrides = {**TINY, "dataset_dir": lits_root, "epochs": 1, "samples_per_epoch": 4, "batch_size": 1}
+    overrides.update(ckpt_dir=tmp_path / "models", output_dir=tmp_path / "runs")
+    launcher = ("-m", "torch.distributed.run", "--nproc_per_node", "2")
+    _run(repo_root, files, "training", overrides, launcher=launcher)
+    assert (tmp_path / "models" / "model.pt").is_file()
