@@ -162,23 +162,28 @@ class MonaiLabelServer:
         return [line for line in self.log().splitlines() if CHECKPOINT_MISMATCH in line]
 
     def request(self, method: str, path: str, query: dict | None = None, body: Any = None, timeout: float = 300):
-        """Send a request; return the response bytes, or raise RuntimeError with the server's answer and log tail."""
+        """Send a request; return the response body and headers, or raise RuntimeError with the answer and log tail."""
         url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if body is not None else {}
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as response:
-                return response.read()
+                return response.read(), response.headers
         except urllib.error.HTTPError as err:
             raise RuntimeError(f"{method} {url}: HTTP {err.code} {err.read()[:2000]!r}\n{self.log()[-4000:]}") from err
 
     def get(self, path: str, query: dict | None = None) -> Any:
-        return json.loads(self.request("GET", path, query, timeout=30))
+        return json.loads(self.request("GET", path, query, timeout=30)[0])
 
-    def infer(self, model: str, image_id: str, out_file: Path) -> Path:
-        """`POST /infer/<model>?image=<id>&output=image`: the label volume, written to OUT_FILE."""
-        out_file.write_bytes(self.request("POST", f"/infer/{model}", {"image": image_id, "output": "image"}))
+    def infer(self, model: str, image_id: str, out_dir: Path) -> Path:
+        """`POST /infer/<model>?image=<id>&output=image`: the label volume, saved in OUT_DIR as `<id>` with the
+        extension the server gives it (the study's own: `.nii.gz` or `.nii`)."""
+        body, headers = self.request("POST", f"/infer/{model}", {"image": image_id, "output": "image"})
+        name = headers.get_filename() or ""
+        extension = ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+        out_file = Path(out_dir) / f"{image_id}{extension}"
+        out_file.write_bytes(body)
         return out_file
 
     def train(self, model: str, params: dict, timeout: float = 300) -> dict:
@@ -186,7 +191,7 @@ class MonaiLabelServer:
 
         The task's ``status`` is ``DONE`` when the training process exited with 0, ``ERROR`` otherwise.
         """
-        task = json.loads(self.request("POST", f"/train/{model}", body=params))
+        task = json.loads(self.request("POST", f"/train/{model}", body=params)[0])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             last = self.get("/train/")

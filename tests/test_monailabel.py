@@ -193,6 +193,12 @@ def _study_id(path: Path) -> str:
     return path.name.removesuffix(".gz").removesuffix(".nii")
 
 
+def _served_dir(work: Path, name: str) -> Path:
+    folder = work / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
 def _reference_label(ref_out: Path, image_id: str) -> Path:
     found = sorted(p for p in ref_out.rglob("*.nii*") if p.name.startswith(image_id + "_"))
     assert len(found) == 1, f"expected one reference label for {image_id} in {ref_out}, found {found}"
@@ -212,7 +218,7 @@ def test_info_lists_bundle_with_metadata_labels(served):
 def test_infer_equals_bundle_run(served, which):
     case, server, _, inputs, ref_out, work = served
     image_id = REAL_CT if which == "real_ct" else next(k for k in inputs if k != REAL_CT)
-    label = nib.load(server.infer(case.name, image_id, work / f"served_{image_id}.nii.gz"))
+    label = nib.load(server.infer(case.name, image_id, _served_dir(work, "served")))
     reference = nib.load(_reference_label(ref_out, image_id))
     source = nib.load(inputs[image_id])
 
@@ -235,6 +241,6 @@ def test_train_through_monailabel(served):
     assert task["status"] == "DONE", "\n".join(task.get("details", [])) + server.log()[-3000:]
     assert model_pt.stat().st_mtime_ns != before, "training through MONAI Label did not write models/model.pt"
     # the retrained model is served, and its keys match the network
-    label = nib.load(server.infer(case.name, REAL_CT, work / "served_after_training.nii.gz"))
+    label = nib.load(server.infer(case.name, REAL_CT, _served_dir(work, "served_after_training")))
     assert label.shape[:3] == nib.load(work / "studies" / f"{REAL_CT}.nii.gz").shape
     assert not server.checkpoint_mismatches(), "MONAI Label loaded the retrained model.pt with mismatching keys"
