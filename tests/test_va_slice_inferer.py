@@ -87,3 +87,19 @@ def test_output_keeps_the_metadata_and_bad_shapes_are_refused(model):
     assert set(out.unique().tolist()) <= {0.0, 1.0, 2.0}
     with pytest.raises(ValueError, match=r"\(B, 1, H, W, D\)"):
         SliceInferer()(torch.rand(1, SIZE, SIZE, 2), model)
+
+
+def test_rcnn_location_cached_and_uncached_agree():
+    torch.manual_seed(0)
+    small = {"rpn_pre_nms_top_n_test": 20, "rpn_post_nms_top_n_test": 10, "box_detections_per_img": 3}
+    net = build_va_mask_rcnn(
+        bag_size=3, location="roi", min_size=SIZE, max_size=SIZE, backbone="resnet18", box_score_thresh=0.0, **small
+    ).eval()
+    plain = torch.rand(4, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        det_c = SliceInferer()._volume_cached(plain, net)
+        det_u = SliceInferer()._volume_uncached(plain, net)
+    for a, b in zip(det_c, det_u):
+        assert len(a["scores"]) > 0
+        torch.testing.assert_close(a["scores"], b["scores"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(a["masks"], b["masks"], atol=1e-4, rtol=1e-4)
