@@ -1,0 +1,272 @@
+"""The msan_kits bundle's configs: metadata, network checks, export, bad inputs, and (slow) train/resume/evaluate/infer.
+
+Every run is tiny (phantoms of 16x32x32 voxels, 16x16x8 patches, 4-32 channels) and writes into tmp dirs only.
+"""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+
+from shared.data.kits19 import make_phantoms
+from shared.data.validation import DatasetError
+from shared.networks.msan import MSAN
+from tests.conftest import META_SCHEMA_MD5, REPO_ROOT
+
+BUNDLE = REPO_ROOT / "bundles" / "msan_kits"
+CONFIGS = BUNDLE / "configs"
+TINY_CHANNELS = [4, 8, 16, 32]
+TINY = {
+    "bundle_root": str(BUNDLE),
+    "spacing": "$None",
+    "patch_size": [16, 16, 8],
+    "network_def#channels": TINY_CHANNELS,
+    "num_workers": 0,
+    "sw_batch_size": 2,
+}
+
+
+def _configs(*names: str) -> list[str]:
+    return [str(CONFIGS / name) for name in names]
+
+
+def _workflow(*names: str, **override) -> ConfigWorkflow:
+    workflow = ConfigWorkflow(config_file=_configs(*names), workflow_type=None, **{**TINY, **override})
+    workflow.initialize()
+    return workflow
+
+
+def _tiny_network(**kwargs) -> MSAN:
+    return MSAN(channels=TINY_CHANNELS, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def kits_root(tmp_path_factory) -> Path:
+    """Four phantom cases (2 training, 1 test, 1 validation) of 16 slices of 32x32."""
+    return make_phantoms(tmp_path_factory.mktemp("kits") / "kits19", num_cases=4, shape=(16, 32, 32))
+
+
+def test_metadata_verifies_against_the_schema(meta_schema):
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(meta_schema), hash_val=META_SCHEMA_MD5)
+
+
+def test_network_input_output_shapes_match_metadata():
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"),
+        n=2,
+        **{"network_def#channels": TINY_CHANNELS},
+    )
+
+
+def test_torchscript_export_equals_eager(tmp_path):
+    torch.manual_seed(0)
+    net = _tiny_network().eval()
+    torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(tmp_path / "model.ts"),
+        ckpt_file=str(tmp_path / "model.pt"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"),
+        key_in_ckpt="model",
+        **{"network_def#channels": TINY_CHANNELS},
+    )
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    x = torch.rand(1, 1, 16, 16, 4)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), net(x), atol=1e-5)
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """MONAI wraps a failing config component in RuntimeErrors; the user sees the original error above them."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def test_missing_dataset_stops_with_instructions(tmp_path):
+    with pytest.raises(RuntimeError) as err:
+        _workflow("train.json", dataset_dir=str(tmp_path / "no_such_root"))
+    cause = _root_cause(err.value)
+    assert isinstance(cause, DatasetError)
+    assert "no_such_root: dataset root not found" in str(cause) and "python -m shared phantoms kits19" in str(cause)
+
+
+def _write_like(path: Path, data: np.ndarray, reference: Path) -> None:
+    nib.Nifti1Image(data, nib.load(reference).affine).to_filename(path)
+
+
+def _labels_outside(case: Path) -> None:
+    seg = case / "segmentation.nii.gz"
+    _write_like(seg, np.full(nib.load(seg).shape, 5, np.uint8), seg)
+
+
+def _flat_image(case: Path) -> None:
+    _write_like(case / "imaging.nii.gz", np.zeros((32, 32), np.int16), case / "imaging.nii.gz")
+
+
+def _shape_mismatch(case: Path) -> None:
+    seg = case / "segmentation.nii.gz"
+    _write_like(seg, np.zeros((8, 32, 32), np.uint8), seg)
+
+
+def _corrupt(case: Path) -> None:
+    data = (case / "imaging.nii.gz").read_bytes()
+    (case / "imaging.nii.gz").write_bytes(data[: len(data) // 2])
+
+
+def _no_kidney(case: Path) -> None:
+    seg = case / "segmentation.nii.gz"
+    _write_like(seg, np.zeros(nib.load(seg).shape, np.uint8), seg)
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        _labels_outside,
+        _flat_image,
+        _shape_mismatch,
+        _corrupt,
+        pytest.param(
+            _no_kidney,
+            marks=pytest.mark.xfail(strict=True, reason="shared.data.kits19.validate does not flag empty labels yet"),
+        ),
+    ],
+)
+def test_bad_training_case_stops_before_training_naming_the_case(kits_root, tmp_path, corrupt):
+    root = shutil.copytree(kits_root, tmp_path / "kits19")
+    corrupt(root / "case_00001")
+    with pytest.raises(RuntimeError) as err:
+        _workflow("train.json", dataset_dir=str(root), ckpt_dir=str(tmp_path / "models"))
+    cause = _root_cause(err.value)
+    assert isinstance(cause, DatasetError) and "case_00001" in str(cause)
+    assert not (tmp_path / "models").exists()
+
+
+def test_inference_refuses_bad_input_and_writes_nothing(kits_root, tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(kits_root / "case_00000" / "imaging.nii.gz", inputs / "good.nii.gz")
+    nib.Nifti1Image(np.zeros((32, 32), np.int16), np.eye(4)).to_filename(inputs / "slice.nii.gz")
+    torch.save({"model": _tiny_network().state_dict()}, tmp_path / "model.pt")
+    with pytest.raises(RuntimeError) as err:
+        _workflow(
+            "inference.json",
+            dataset_dir=str(inputs),
+            ckpt_path=str(tmp_path / "model.pt"),
+            output_dir=str(tmp_path / "out"),
+        )
+    message = str(_root_cause(err.value))
+    assert "slice.nii.gz: not a 3D volume" in message and "good.nii.gz" not in message
+    assert not (tmp_path / "out").exists()
+
+
+def _run(run_id: str, *names: str, **override) -> None:
+    workflow = _workflow(*names, run_id=run_id, **override)
+    workflow.run()
+    workflow.finalize()
+
+
+@pytest.mark.slow
+def test_train_resume_evaluate_infer_ensemble(kits_root, tmp_path):
+    models = tmp_path / "models"
+    # the user's command, with tiny sizes
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json")]
+    command += ["--dataset_dir", str(kits_root), "--epochs", "2", "--val_interval", "1", "--ckpt_dir", str(models)]
+    command += ["--output_dir", str(tmp_path / "runs"), "--spacing", "$None", "--patch_size", "[16,16,8]"]
+    command += ["--network_def#channels", str(TINY_CHANNELS), "--num_workers", "0"]
+    subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True, timeout=600)
+    best = torch.load(models / "model.pt", weights_only=True)
+    assert set(best) == {"model", "lr_scheduler"}  # two entries, so ignite keeps the {"model": ...} form
+    _tiny_network(variant="v1").load_state_dict(best["model"])
+    resume = torch.load(models / "resume_checkpoint_epoch=2.pt", weights_only=True)
+    assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(resume)
+
+    # resume: asked for 3 epochs, the trainer starts epoch 3 from the epoch-2 weights
+    workflow = _workflow("train.json", dataset_dir=str(kits_root), epochs=3, ckpt_dir=str(models))
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    network = workflow.parser.get_parsed_content("network")
+    seen = {}
+
+    def first_epoch(engine):
+        seen["epoch"] = engine.state.epoch
+        seen["same_weights"] = all(torch.equal(v, resume["model"][k]) for k, v in network.state_dict().items())
+        engine.terminate()
+
+    trainer.add_event_handler("epoch_started", first_epoch)
+    workflow.run()
+    assert seen == {"epoch": 3, "same_weights": True}
+
+    # evaluation of the test split: predictions in the image's space, CSV table, overlay
+    eval_dir = tmp_path / "eval"
+    _run(
+        "evaluating",
+        "train.json",
+        "evaluate.json",
+        dataset_dir=str(kits_root),
+        ckpt_dir=str(models),
+        eval_dir=str(eval_dir),
+    )
+    csv = (eval_dir / "kits19_metrics.csv").read_text().splitlines()
+    assert csv[0] == "case,kidney_dice,tumour_dice,mean_dice" and csv[1].startswith("case_00180,")
+    assert (eval_dir / "overlay.png").stat().st_size > 0
+
+    # inference on a folder of volumes: same shape and affine as the input, labels in {0, 1, 2}
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    image = kits_root / "case_00180" / "imaging.nii.gz"
+    shutil.copy(image, inputs / "case_00180.nii.gz")
+    out = tmp_path / "predictions"
+    _run(
+        "inference", "inference.json", dataset_dir=str(inputs), ckpt_path=str(models / "model.pt"), output_dir=str(out)
+    )
+    _check_prediction(out / "case_00180_seg.nii.gz", image)
+
+    # the five-member vote (untrained members suffice to check the wiring)
+    members = tmp_path / "members"
+    for name, variant, ds in [
+        ("unet", "unet", 0),
+        ("v1", "v1", 0),
+        ("v1_ds", "v1", 1),
+        ("v2", "v2", 1),
+        ("v2_ds", "v2", 1),
+    ]:
+        (members / name).mkdir(parents=True)
+        net = _tiny_network(variant=variant, deep_supervision=bool(ds))
+        torch.save({"model": net.state_dict()}, members / name / "model.pt")
+    (members / "v2" / "model.pt").write_bytes((members / "v2_ds" / "model.pt").read_bytes())  # strict load fails
+    with pytest.raises(RuntimeError):
+        _run(
+            "inference",
+            "inference.json",
+            "inference_ensemble.json",
+            dataset_dir=str(inputs),
+            ensemble_ckpt_dir=str(members),
+            output_dir=str(tmp_path / "bad"),
+        )
+    torch.save({"model": _tiny_network(variant="v2").state_dict()}, members / "v2" / "model.pt")
+    ensemble_out = tmp_path / "ensemble"
+    _run(
+        "inference",
+        "inference.json",
+        "inference_ensemble.json",
+        dataset_dir=str(inputs),
+        ensemble_ckpt_dir=str(members),
+        output_dir=str(ensemble_out),
+    )
+    _check_prediction(ensemble_out / "case_00180_seg.nii.gz", image)
+
+
+def _check_prediction(pred_path: Path, image_path: Path) -> None:
+    pred, image = nib.load(pred_path), nib.load(image_path)
+    assert pred.shape == image.shape
+    assert np.allclose(pred.affine, image.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
