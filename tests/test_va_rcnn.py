@@ -115,7 +115,8 @@ def test_rcnn_location_and_faster_rcnn_train_one_step():
     assert torch.isfinite(torch.tensor(losses)).all()
     assert all(p.grad is not None for p in roi_model.roi_heads.box_roi_pool.attention.parameters())
 
-    faster = _tiny(build_va_faster_rcnn)
+    faster = _tiny(build_va_faster_rcnn, anchor_sizes=[8, 16, 32, 64, 128])
+    assert faster.rpn.anchor_generator.sizes == ((8,), (16,), (32,), (64,), (128,))
     assert torch.isfinite(torch.tensor(_train_losses(faster, 1))).all()
 
 
@@ -133,3 +134,5 @@ def test_bad_arguments_are_refused():
         _tiny(bag_size=4)
     with pytest.raises(ValueError, match="location"):
         _tiny(location="head")
+    with pytest.raises(ValueError, match="one size per FPN level"):
+        _tiny(anchor_sizes=[8, 16])

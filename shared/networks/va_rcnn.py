@@ -14,11 +14,13 @@ detector's own transform is set to the identity normalisation (mean 0, std 1) so
 """
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
@@ -175,6 +177,7 @@ def _build(
     backbone_weights: str | None,
     trainable_backbone_layers: int,
     frozen_batchnorm: bool | None,
+    anchor_sizes: Sequence[int] | None,
     **kwargs,
 ):
     va_backbone = VABackbone(
@@ -186,6 +189,14 @@ def _build(
         location=location,
     )
     levels = [lvl for lvl in va_backbone.levels if lvl != "pool"]
+    if anchor_sizes is not None:
+        if len(anchor_sizes) != len(va_backbone.levels):
+            raise ValueError(
+                f"anchor_sizes needs one size per FPN level ({len(va_backbone.levels)}), got {anchor_sizes}"
+            )
+        # three aspect ratios per location as torchvision's default, so COCO RPN heads still fit
+        ratios = ((0.5, 1.0, 2.0),) * len(anchor_sizes)
+        kwargs["rpn_anchor_generator"] = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), ratios)
     if attention and location == "roi":
         kwargs["box_roi_pool"] = BagRoIAlign(levels, 7, 2, va_backbone, channel, spatial)
         if detector is MaskRCNN:
@@ -214,6 +225,7 @@ def build_va_mask_rcnn(
     backbone_weights: str | None = None,
     trainable_backbone_layers: int = 5,
     frozen_batchnorm: bool | None = None,
+    anchor_sizes: Sequence[int] | None = None,
     **kwargs,
 ) -> MaskRCNN:
     """VA Mask R-CNN for LiTS (sec. 3.2): classes background, liver, lesion; bag of 9 images (27 slices), 1024 px.
@@ -222,7 +234,9 @@ def build_va_mask_rcnn(
     (e.g. ``"ResNet50_Weights.IMAGENET1K_V1"``) downloads ImageNet weights: only when asked and online; COCO or
     DeepLesion detector weights are loaded afterwards with :func:`shared.networks.pretrained.load_pretrained`.
     ``frozen_batchnorm`` defaults to True with pretrained backbone weights (torchvision's rule); set it True too when
-    loading a pretrained checkpoint, False when training from scratch. ``kwargs`` go to torchvision's ``MaskRCNN``
+    loading a pretrained checkpoint, False when training from scratch. ``anchor_sizes``: one anchor size (pixels) per
+    FPN level, default torchvision's (32, 64, 128, 256, 512), the paper's mmdetection anchors (scale 8 x strides
+    4-64) at 1024 px; smaller images need smaller anchors. ``kwargs`` go to torchvision's ``MaskRCNN``
     (e.g. ``box_detections_per_img``, ``rpn_batch_size_per_image``).
     """
     return _build(
@@ -239,6 +253,7 @@ def build_va_mask_rcnn(
         backbone_weights,
         trainable_backbone_layers,
         frozen_batchnorm,
+        anchor_sizes,
         **kwargs,
     )
 
@@ -256,6 +271,7 @@ def build_va_faster_rcnn(
     backbone_weights: str | None = None,
     trainable_backbone_layers: int = 5,
     frozen_batchnorm: bool | None = None,
+    anchor_sizes: Sequence[int] | None = None,
     **kwargs,
 ) -> FasterRCNN:
     """VA Faster R-CNN-FPN (sec. 3.3, DeepLesion): bag of 3 images (9 slices), 512 px, ResNet-50.
@@ -277,5 +293,6 @@ def build_va_faster_rcnn(
         backbone_weights,
         trainable_backbone_layers,
         frozen_batchnorm,
+        anchor_sizes,
         **kwargs,
     )
