@@ -59,8 +59,8 @@ $PY -m monai.bundle run inference --config_file $B/inference.json --args_file "$
 
 echo
 echo "== KiTS19 Dice on the phantom test cases: untrained network"
-column -s, -t < "$OUT/eval_untrained/kits19_metrics.csv"
+cat "$OUT/eval_untrained/kits19_metrics.txt"
 echo "== KiTS19 Dice on the phantom test cases: trained MSAN-V1 ($EPOCHS epochs)"
-column -s, -t < "$OUT/eval/kits19_metrics.csv"
+cat "$OUT/eval/kits19_metrics.txt"
 echo "predictions: $OUT/predictions   metrics: $OUT/eval/kits19_metrics.csv   overlay: $OUT/eval/overlay.png"
 echo "main job took $(( $(date +%s) - start )) s after the environment setup"

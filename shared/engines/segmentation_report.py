@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.data.atomic import atomic_path
 from shared.metrics.kits19 import case_dice
 from shared.metrics.label_volumes import load_label_pair
 from shared.metrics.table import MetricTable
@@ -33,7 +34,7 @@ def write_kits19_report(
     pred_dir: str, entries: Sequence[dict], out_dir: str, hu_window: Sequence[float] = (-200, 500)
 ) -> MetricTable:
     """Score the predictions of ``entries`` (datalist items with ``image``, ``label``, ``case``), print the table,
-    write ``kits19_metrics.csv`` and ``overlay.png`` into ``out_dir``; return the table."""
+    write it as ``kits19_metrics.csv`` and ``kits19_metrics.txt`` and draw ``overlay.png`` in ``out_dir``."""
     if not entries:
         raise ValueError("no case to evaluate: the datalist split is empty")
     rows, tumour_voxels = [], []
@@ -49,6 +50,8 @@ def write_kits19_report(
     print(table.to_text())
     out = Path(out_dir)
     table.write_csv(out / "kits19_metrics.csv")
+    with atomic_path(out / "kits19_metrics.txt") as tmp:
+        tmp.write_text(table.to_text() + "\n")
     shown = entries[int(np.argmax(tumour_voxels))]
     save_overlay_png_from_files(
         shown["image"],
