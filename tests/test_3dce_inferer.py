@@ -75,3 +75,33 @@ def test_run_inference_writes_detections_json_for_volumes(tmp_path):
     data = json.loads(out.read_text())
     assert out.name == "detections.json" and {d["series"] for d in data["detections"]} == {"a"}
     assert not list((tmp_path / "out").glob("*.nii.gz"))
+
+
+def test_box_label_inferer_as_served_equals_the_box_volume_of_detect_volume(repo_root, tmp_path):
+    """inference.json's preprocessing -> BoxLabelInferer -> postprocessing (MONAI Label's path) gives, in the input's
+    space, exactly the `<volume>_boxes.nii.gz` of the CLI path, on a RAS volume (three axes flipped to L, P, I)."""
+    from monai.bundle import ConfigParser
+
+    from shared.engines.detection_inferer import WORKING_AXCODES
+
+    affine = np.diag([0.8, 0.9, 2.0, 1.0])
+    affine[:3, 3] = [-10.0, 5.0, 100.0]
+    path = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(_volume((32, 24, 6)), affine), str(path))
+    model = _model()
+    detect_volume(model, path, VolumeDetectionInferer(DeepLesionPreprocessing(num_images=3)), tmp_path, 0.0)
+    want = np.asarray(nib.load(str(tmp_path / "ct_boxes.nii.gz")).dataobj)
+    assert want.any()
+
+    parser = ConfigParser()
+    parser.read_config(str(repo_root / "bundles" / "cs_att_deeplesion" / "configs" / "inference.json"))
+    # MONAI Label runs no `initialize` and no dataset: these keys must build on their own
+    parser.update({"dataset_dir": str(tmp_path / "missing"), "label_threshold": 0.0, "device": "cpu"})
+    parser.parse()
+    preprocessing, inferer = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer")
+    assert preprocessing.transforms[2].ornt_transform.axcodes == "".join(WORKING_AXCODES)
+    data = preprocessing({"image": str(path)})
+    data["pred"] = inferer(data["image"][None], model)[0]
+    got = parser.get_parsed_content("postprocessing")(data)["pred"]
+    assert tuple(got.shape) == (1, *want.shape)
+    np.testing.assert_array_equal(got[0].numpy(), want)

@@ -12,6 +12,9 @@ Two entry points, both used by ``bundles/cs_att_deeplesion/configs/inference.jso
 
 Output: ``detections.json`` in the format of ``shared.metrics.deeplesion`` (``series`` is the volume name for
 volumes), optionally ``<volume>_boxes.nii.gz`` with the box outlines drawn as label 1 in the input's space.
+
+:class:`BoxLabelInferer` draws the same box volume as a MONAI ``Inferer`` (``inferer(inputs, network)``), the form
+MONAI Label serves (inference.json's ``preprocessing`` / ``inferer`` / ``postprocessing``, docs/monailabel.md).
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import torch
+from monai.data import MetaTensor
+from monai.data.utils import affine_to_spacing
 from monai.engines import Evaluator
+from monai.inferers import Inferer
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from torchvision.models.detection.image_list import ImageList
 
@@ -227,6 +233,36 @@ def _box_outlines(shape: Sequence[int], detections: list[dict], threshold: float
             label[x1 : x2 + 1, [y1, y2], k] = 1
             label[[x1, x2], y1 : y2 + 1, k] = 1
     return label
+
+
+class BoxLabelInferer(Inferer):
+    """MONAI inferer drawing a detector's boxes into a label volume (MONAI Label's ``inferer(inputs, network)``).
+
+    ``inputs``: ``(1, 1, X, Y, Z)`` HU ``MetaTensor`` reoriented to :data:`WORKING_AXCODES` (``LoadImaged``,
+    ``EnsureChannelFirstd``, ``Orientationd(axcodes="LPI")``); its affine gives the voxel spacing. Returns a
+    ``(1, 1, X, Y, Z)`` float ``MetaTensor`` (``Invertd`` skips plain tensors) with the outline of every box scoring
+    >= ``label_threshold`` set to 1: the array :func:`detect_volume` writes as ``<volume>_boxes.nii.gz``.
+
+    Args:
+        loader: its 3DCE preprocessing parameters (window, 2 mm context, pixel size) are used.
+        batch_size: key slices detected together (:class:`VolumeDetectionInferer`).
+        label_threshold: lowest score of a drawn box.
+    """
+
+    def __init__(self, loader: LoadDeepLesionSampled, batch_size: int = 4, label_threshold: float = 0.5) -> None:
+        super().__init__()
+        self.inferer = VolumeDetectionInferer(loader.params, batch_size)
+        self.label_threshold = label_threshold
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> MetaTensor:
+        if inputs.ndim != 5 or inputs.shape[:2] != (1, 1):
+            raise ValueError(f"expected one single-channel CT volume (1, 1, X, Y, Z), got {tuple(inputs.shape)}")
+        affine = inputs.affine if isinstance(inputs, MetaTensor) else torch.eye(4)
+        affine = affine[0] if affine.ndim == 3 else affine
+        spacing = [float(s) for s in affine_to_spacing(affine, r=3)]
+        volume = inputs[0, 0].detach().cpu().numpy().astype(np.float32)
+        outlines = _box_outlines(volume.shape, self.inferer(network, volume, spacing), self.label_threshold)
+        return MetaTensor(torch.from_numpy(outlines.astype(np.float32))[None, None], affine=affine)
 
 
 def detect_volume(
