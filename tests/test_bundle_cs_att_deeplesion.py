@@ -53,6 +53,29 @@ def test_configs_define_the_run_ids_and_paper_settings(configs, name):
         assert parser["learning_rate"] == 1e-3 and parser["momentum"] == 0.9 and parser["weight_decay"] == 5e-5
 
 
+def test_train_initialize_needs_no_dataset_and_the_datalist_checks_it(configs, tmp_path):
+    """MONAI Label runs `initialize` with its own datalists (docs/monailabel.md, 11): only the datalist validates."""
+    parser = ConfigParser()
+    parser.read_config(str(configs / "train.json"))
+    parser["dataset_dir"] = str(tmp_path / "missing_root")
+    parser.get_parsed_content("initialize")
+    assert parser["resume"] is False  # a resume file left in models/ must not end a new (MONAI Label) run at once
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("datalist")
+    messages, error = [], err.value
+    while error is not None:  # monai wraps the DatasetError of ensure_valid
+        messages.append(str(error))
+        error = error.__cause__
+    assert any("missing_root" in m and "not found" in m for m in messages)
+
+
+def test_metadata_labels_the_served_box_volume(configs):
+    meta = json.loads((configs / "metadata.json").read_text())
+    outputs = meta["network_data_format"]["outputs"]
+    assert next(iter(outputs)) == "pred" and next(iter(meta["network_data_format"]["inputs"])) == "image"
+    assert outputs["pred"]["channel_def"] == {"0": "background", "1": "lesion"}
+
+
 @pytest.mark.parametrize("name", VA_CONFIGS)
 def test_va_overrides_replace_the_network(configs, name):
     parser = ConfigParser()
@@ -85,7 +108,11 @@ def _run_all(configs, files, phantom_root, tmp_path, **network):
     train = {**common, "ckpt_dir": str(models), "output_dir": str(tmp_path / "runs"), "batch_size": 2}
     run("training", config_file=paths[0], **train, epochs=1)
     assert (models / "model.pt").is_file() and list(models.glob("resume_*epoch=1.pt"))
-    run("training", config_file=paths[0], **train, epochs=2)  # resumes from epoch 1
+    saved = (models / "model.pt").stat().st_mtime_ns
+    # --resume true: a finished 1-epoch run resumed to 1 epoch trains nothing (model.pt untouched)
+    run("training", config_file=paths[0], **train, epochs=1, resume=True)
+    assert (models / "model.pt").stat().st_mtime_ns == saved
+    run("training", config_file=paths[0], **train, epochs=2, resume=True)  # resumes from epoch 1
     assert list(models.glob("resume_*epoch=2.pt"))
     assert list(cache.glob("*.npz"))
 
@@ -142,13 +169,34 @@ def test_va_faster_rcnn_train_resume_evaluate_infer(configs, phantom_root, tmp_p
 
 @pytest.mark.slow
 def test_multi_gpu_train_runs_ddp_on_two_cpu_processes(repo_root, configs, phantom_root, tmp_path):
+    """Two gloo processes under torchrun: each rank logs the samples it loads (its own stdout through torchrun's
+    --redirects); the ranks split the training set, and only rank 0 writes the checkpoints and the logs."""
     files = f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']"
     overrides = {**TINY, "backbone": "tiny", "epochs": 1, "dataset_dir": phantom_root, "cache_dir": tmp_path / "cache"}
     overrides.update(ckpt_dir=tmp_path / "models", output_dir=tmp_path / "runs")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "monai.bundle", "run"]
-    cmd += ["training", "--config_file", files] + [a for k, v in overrides.items() for a in (f"--{k}", str(v))]
+    logs = tmp_path / "torchrun_logs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--redirects", "3"]
+    cmd += ["--log_dir", str(logs), "-m", "monai.bundle", "run", "training", "--config_file", files]
+    cmd += [a for k, v in overrides.items() for a in (f"--{k}", str(v))]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert (tmp_path / "models" / "model.pt").is_file()
-    assert len(list((tmp_path / "models").glob("resume_*epoch=1.pt"))) == 1
+    stdout = {int(p.parent.name): p.read_text() for p in logs.rglob("stdout.log")}
+    assert done.returncode == 0, done.stderr[-3000:] + "".join(v[-2000:] for v in stdout.values())
+    assert sorted(stdout) == [0, 1]
+
+    loaded = {
+        rank: [line.rsplit(" ", 1)[1] for line in text.splitlines() if f"rank {rank} loads training sample" in line]
+        for rank, text in stdout.items()
+    }
+    names = sorted(e["file_name"] for e in make_datalist(phantom_root)["training"])
+    per_rank = math.ceil(len(names) / 2)  # DistributedSampler(even_divisible=True) pads to 2 * ceil(N / 2)
+    assert len(loaded[0]) == len(loaded[1]) == per_rank
+    assert sorted(set(loaded[0]) | set(loaded[1])) == names  # together they cover the training set
+    assert len(set(loaded[0]) & set(loaded[1])) == 2 * per_rank - len(names)  # and share only the padding
+
+    # one checkpoint set (best model + one resume file) and one TensorBoard log, from rank 0 only
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model.pt", "resume_checkpoint_epoch=1.pt"]
+    # TensorBoard event files are named events.out.tfevents.<time>.<host>.<pid>.<n>: all from one process
+    events = list((tmp_path / "runs").rglob("events.out.tfevents.*"))
+    assert events and len({p.name.split(".")[-2] for p in events}) == 1
+    assert "train_loss" in stdout[0] and "train_loss" not in stdout[1]
