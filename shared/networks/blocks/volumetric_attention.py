@@ -15,8 +15,8 @@ by two attentions computed from the whole bag:
   element-wise.
 
 The two are applied sequentially, channel first (sec. 1: "sequentially infers ... channel and spatial", as in
-CBAM): the channel gate is applied to every member of the bag, and the spatial attention is computed from the
-channel-gated bag. Choices where the paper is vague are marked "vague:" below.
+CBAM): the spatial attention is computed from the bag with the channel gate applied to every member. Choices
+where the paper is vague are marked "vague:" below.
 """
 
 import torch
@@ -86,12 +86,21 @@ class VolumetricAttention(nn.Module):
         attended = torch.einsum("bn,bnc->bc", att, emb).reshape(b, c, *ones)
         return att, self.channel_head(attended)
 
-    def spatial_attention(self, bag: torch.Tensor, target_index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 3. Returns (slice attention S_att^s (B, N), spatial gate S_s (B, 1, *spatial))."""
+    def spatial_attention(
+        self, bag: torch.Tensor, target_index: int, channel_gate: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 3 on the bag (gated channel-wise by ``channel_gate`` (B, C, 1, ...) if given).
+
+        Returns (slice attention S_att^s (B, N), spatial gate S_s (B, 1, *spatial)). The channel-gated bag is pooled
+        one member at a time, so it is never held whole in memory.
+        """
         b, n = bag.shape[:2]
         spatial = bag.shape[3:]
-        flat = bag.flatten(0, 1)
-        pooled = torch.cat([flat.amax(dim=1, keepdim=True), flat.mean(dim=1, keepdim=True)], dim=1)  # F_pool^s
+        pooled = []
+        for k in range(n):
+            member = bag[:, k] if channel_gate is None else bag[:, k] * channel_gate
+            pooled.append(torch.cat([member.amax(dim=1, keepdim=True), member.mean(dim=1, keepdim=True)], dim=1))
+        pooled = torch.stack(pooled, dim=1).flatten(0, 1)  # F_pool^s of every member, (B * N, 2, *spatial)
         emb = self.spatial_embedding(pooled).reshape(b, n, -1)  # F_emb^s flattened over H x W
         # vague: the product of two 1 x H x W embeddings; we flatten them and take the dot product divided by H*W
         # (a mean), so that the softmax temperature does not grow with the resolution of the pyramid level.
@@ -108,10 +117,12 @@ class VolumetricAttention(nn.Module):
         t = n // 2 if target_index is None else target_index
         if not -n <= t < n:
             raise ValueError(f"target_index {t} outside a bag of {n}")
+        target = bag[:, t]
+        channel_gate = None
         if self.channel:
-            _, gate = self.channel_attention(bag, t)
-            bag = bag * gate.unsqueeze(1)
+            _, channel_gate = self.channel_attention(bag, t)
+            target = target * channel_gate
         if self.spatial:
-            _, gate = self.spatial_attention(bag, t)
-            return bag[:, t] * gate
-        return bag[:, t]
+            _, spatial_gate = self.spatial_attention(bag, t, channel_gate)
+            target = target * spatial_gate
+        return target
