@@ -39,3 +39,22 @@ META_SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
 def _private_cache_home(tmp_path_factory, monkeypatch):
     """Keep the validation cache (``$XDG_CACHE_HOME``) of every test inside pytest's temporary folder."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg_cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory):
+    """``tiny_trained(case) -> (work dir, studies dir, model.pt)``: each bundle's tiny model, trained once a session.
+
+    See tests/bundle_cases.py; the packing, download and MONAI Label tests share these models.
+    """
+    from tests.bundle_cases import train_tiny
+
+    trained = {}
+
+    def get(case):
+        if case.name not in trained:
+            work = tmp_path_factory.mktemp(f"tiny_{case.name}")
+            trained[case.name] = (work, *train_tiny(case, work))
+        return trained[case.name]
+
+    return get
