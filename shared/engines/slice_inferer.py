@@ -17,7 +17,6 @@ from collections import OrderedDict
 import torch
 from monai.inferers import Inferer
 from torch import nn
-from torchvision.models.detection.image_list import ImageList
 
 from shared.transforms.slice_bags import bag_slice_indices, image_slice_indices
 
@@ -92,14 +91,12 @@ class SliceInferer(Inferer):
             cache: OrderedDict[tuple[int, ...], OrderedDict[str, torch.Tensor]] = OrderedDict()
             for target in range(start, depth, stride):
                 keys = image_keys(target)
-                missing = list(OrderedDict.fromkeys(k for k in keys if k not in cache))
-                if missing:
-                    images, _ = network.transform([volume[list(k)] for k in missing])
-                    features = backbone.image_features(images.tensors)
-                    for i, key in enumerate(missing):
-                        cache[key] = OrderedDict((lvl, f[i]) for lvl, f in features.items())
-                    self.images_computed += len(missing)
-                    geometry = ImageList(images.tensors[:1], images.image_sizes[:1])
+                # one image at a time: a pass's first bag needs N images, batching them would raise the peak memory
+                for key in OrderedDict.fromkeys(k for k in keys if k not in cache):
+                    images, _ = network.transform([volume[list(key)]])
+                    cache[key] = OrderedDict((lvl, f[0]) for lvl, f in backbone.image_features(images.tensors).items())
+                    self.images_computed += 1
+                    geometry = images
                 bag = OrderedDict((lvl, torch.stack([cache[k][lvl] for k in keys])[None]) for lvl in cache[keys[0]])
                 target_features = backbone.attend(bag)
                 proposals, _ = network.rpn(geometry, target_features)
