@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=$(realpath -m "${1:-outputs/main_job}")
-EPOCHS=${EPOCHS:-16}
+EPOCHS=${EPOCHS:-24}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 B=bundles/msan_kits/configs
 PY=.venv/bin/python
@@ -29,7 +29,7 @@ cat > "$OUT/demo_args.json" <<JSON
     "patch_size": [48, 48, 16],
     "network_def#channels": [8, 16, 32, 64],
     "network_def#norm": "instance",
-    "learning_rate": 0.003,
+    "learning_rate": 0.005,
     "num_workers": 0,
     "sw_batch_size": 2
 }
@@ -37,7 +37,7 @@ JSON
 
 echo "== training ($EPOCHS epochs)"
 $PY -m monai.bundle run training --config_file $B/train.json --args_file "$OUT/demo_args.json" \
-  --epochs "$EPOCHS" --val_interval 4 --lr_step_epochs 1000
+  --epochs "$EPOCHS" --val_interval 8 --lr_step_epochs 1000
 
 echo "== untrained network (the baseline the trained one must beat)"
 $PY -m monai.bundle run save_untrained --config_file $B/train.json --args_file "$OUT/demo_args.json" \

@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Events
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
 from shared.data.kits19 import make_phantoms
@@ -201,7 +202,7 @@ def test_train_resume_evaluate_infer_ensemble(kits_root, tmp_path):
         seen["same_weights"] = all(torch.equal(v, resume["model"][k]) for k, v in network.state_dict().items())
         engine.terminate()
 
-    trainer.add_event_handler("epoch_started", first_epoch)
+    trainer.add_event_handler(Events.EPOCH_STARTED, first_epoch)
     workflow.run()
     assert seen == {"epoch": 3, "same_weights": True}
 
