@@ -57,8 +57,8 @@ def measure_one(args) -> dict:
     inferer = SliceInferer(score_threshold=0.0, cache_features=args.cache)
     cuda = args.device == "cuda"
     with torch.no_grad():
-        inferer(volume[..., :2], model)  # warm-up
         if cuda:
+            inferer(volume[..., :2], model)  # warm-up (on CPU it would raise the RSS high-water mark used below)
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
