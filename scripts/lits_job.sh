@@ -3,7 +3,7 @@
 # thickness), a short VA Mask R-CNN training, evaluation on the validation quarter (LiTS Dice per case, global Dice,
 # lesion Dice by size, CSV + overlay PNG), and inference on the test volume in the input's space.
 #
-# Demo sizes (64 px slices, bag of 3 images = 9 slices, ResNet-18 FPN without pretrained weights, few iterations)
+# Demo sizes (64 px slices, anchors 8-128 px, bag of 3 images = 9 slices, ResNet-18 FPN without pre-training, few steps)
 # only show that every stage runs; bundles/va_maskrcnn_lits/docs/README.md gives the full-scale command (1024 px,
 # N = 9, ResNet-50, COCO/DeepLesion pre-training, GPU). WORK, EPOCHS and SAMPLES (per epoch) can be set.
 set -euo pipefail
@@ -26,7 +26,7 @@ $PY -m shared validate lits "$WORK/LiTS"
 ln -s "$WORK/LiTS/test-volume-0.nii" "$WORK/test_volumes/test-volume-0.nii"
 
 DEMO=(--image_size 64 --bag_size 3 --backbone resnet18 --proposals_train 300 --proposals_test 100
-      --roi_samples 64 --detections_per_image 20 --ckpt_dir "$WORK/models")
+      --roi_samples 64 --detections_per_image 20 --anchor_sizes "[8,16,32,64,128]" --ckpt_dir "$WORK/models")
 
 echo "== training ($EPOCHS epochs of $SAMPLES slices, lesion slices over-sampled 3x)"
 $PY -m monai.bundle run training --config_file $BUNDLE/configs/train.json "${DEMO[@]}" \
