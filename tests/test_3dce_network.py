@@ -26,6 +26,13 @@ def test_resnet50_option_has_stride_8():
         assert body.eval()(torch.zeros(1, 3, 32, 32)).shape == (1, channels, 4, 4)
 
 
+def test_resnet18_option_has_stride_8_and_128_channels():
+    body, channels = build_slice_backbone("resnet18")
+    assert channels == 128
+    with torch.no_grad():
+        assert body.eval()(torch.zeros(1, 3, 40, 32)).shape == (1, 128, 5, 4)
+
+
 @pytest.mark.parametrize("m", [3, 5])
 def test_backbone_outputs_key_features_and_m_times_490_ps_maps(m):
     torch.manual_seed(0)

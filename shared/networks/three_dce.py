@@ -33,7 +33,7 @@ from torchvision.ops import ps_roi_align
 
 from shared.networks.blocks.contextual_spatial_attention import ContextualSpatialAttention
 
-BACKBONES = ("vgg16", "resnet50", "tiny")
+BACKBONES = ("vgg16", "resnet50", "resnet18", "tiny")
 
 
 def build_slice_backbone(name: str = "vgg16", weights: str | None = None) -> tuple[nn.Module, int]:
@@ -41,6 +41,8 @@ def build_slice_backbone(name: str = "vgg16", weights: str | None = None) -> tup
 
     - ``vgg16``: torchvision VGG-16 ``features`` up to relu5_3 with pool4 removed (3DCE), 512 channels.
     - ``resnet50``: conv1..layer3 of ResNet-50 with layer3 dilated instead of strided, 1024 channels.
+    - ``resnet18``: conv1..layer2 of ResNet-18 (stride 8 without dilation, which its basic blocks do not support),
+      128 channels: a light option for CPU demos.
     - ``tiny``: three strided 3x3 convolutions, 32 channels, for tests and CPU smoke runs.
 
     ``weights`` is passed to torchvision (``None``: random initialisation; ``"DEFAULT"``: ImageNet, as CS-Att sec. 3,
@@ -53,6 +55,9 @@ def build_slice_backbone(name: str = "vgg16", weights: str | None = None) -> tup
     if name == "resnet50":
         net = torchvision.models.resnet50(weights=weights, replace_stride_with_dilation=[False, True, False])
         return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3), 1024
+    if name == "resnet18":
+        net = torchvision.models.resnet18(weights=weights)
+        return nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2), 128
     if name == "tiny":
         layers: list[nn.Module] = []
         for cin, cout in ((3, 16), (16, 32), (32, 32)):
@@ -176,7 +181,8 @@ class ThreeDCE(GeneralizedRCNN):
 
     Args:
         num_images: M three-slice images (3, 5, 7 => 9, 15, 21 slices, CS-Att Table 1).
-        backbone: ``vgg16`` (3DCE), ``resnet50`` or ``tiny``; ``backbone_weights`` as torchvision's ``weights``.
+        backbone: ``vgg16`` (3DCE), ``resnet50``, ``resnet18`` or ``tiny``; ``backbone_weights`` as torchvision's
+            ``weights``.
         contextual, spatial: CS-Att switches (Table 3 ablation; both off = plain 3DCE).
         num_classes: including background (2: lesion / not).
         anchor_sizes, aspect_ratios: RPN anchors in pixels (3DCE: 16, 24, 32, 48, 96 and 0.5, 1, 2).
