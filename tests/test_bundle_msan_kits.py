@@ -136,10 +136,7 @@ def _no_kidney(case: Path) -> None:
         _flat_image,
         _shape_mismatch,
         _corrupt,
-        pytest.param(
-            _no_kidney,
-            marks=pytest.mark.xfail(strict=True, reason="shared.data.kits19.validate does not flag empty labels yet"),
-        ),
+        _no_kidney,
     ],
 )
 def test_bad_training_case_stops_before_training_naming_the_case(kits_root, tmp_path, corrupt):

@@ -107,14 +107,22 @@ def test_validate_label_value_outside_classes(root):
     assert problem.startswith(str(path)) and "1 voxels have label values 7" in problem
 
 
+def test_validate_label_without_kidney(root):
+    path = _case(root, 0) / kits19.LABEL
+    label = nib.load(path)
+    nib.Nifti1Image(np.zeros(label.shape, np.uint8), label.affine, label.header).to_filename(path)
+    (problem,) = kits19.validate(root)
+    assert problem.startswith(str(path)) and "no kidney voxels" in problem
+
+
 def test_validate_shape_and_affine_mismatch_and_not_3d(root):
     label_path = _case(root, 0) / kits19.LABEL
     label = nib.load(label_path)
-    nib.Nifti1Image(np.zeros((16, 40, 39), np.uint8), label.affine).to_filename(label_path)
+    nib.Nifti1Image(np.ones((16, 40, 39), np.uint8), label.affine).to_filename(label_path)
     label_path = _case(root, 180) / kits19.LABEL
     shifted = label.affine.copy()
     shifted[0, 3] += 5
-    nib.Nifti1Image(np.zeros(SHAPE, np.uint8), shifted).to_filename(_case(root, 180) / kits19.LABEL)
+    nib.Nifti1Image(np.ones(SHAPE, np.uint8), shifted).to_filename(_case(root, 180) / kits19.LABEL)
     image_path = _case(root, 210) / kits19.IMAGE
     nib.Nifti1Image(np.zeros((*SHAPE, 2), np.int16), label.affine).to_filename(image_path)
     problems = kits19.validate(root)

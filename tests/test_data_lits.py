@@ -88,6 +88,14 @@ def test_validate_truncated_uncompressed_volume(root):
     assert problem.startswith(str(path)) and "unreadable" in problem
 
 
+def test_validate_label_without_liver(root):
+    path = root / "segmentation-0.nii"
+    label = nib.load(path)
+    nib.Nifti1Image(np.zeros(label.shape, np.uint8), label.affine, label.header).to_filename(path)
+    (problem,) = lits.validate(root)
+    assert problem.startswith(str(path)) and "no liver voxels" in problem
+
+
 def test_validate_reports_all_problems_at_once(root):
     label_path = root / "segmentation-1.nii"
     label = nib.load(label_path)
@@ -105,7 +113,7 @@ def test_validate_reports_all_problems_at_once(root):
 
 def test_validate_shape_mismatch_and_duplicates(root):
     label = nib.load(root / "segmentation-0.nii")
-    nib.Nifti1Image(np.zeros((40, 40, 3), np.uint8), label.affine).to_filename(root / "segmentation-0.nii")
+    nib.Nifti1Image(np.ones((40, 40, 3), np.uint8), label.affine).to_filename(root / "segmentation-0.nii")
     (root / "Training Batch 2").mkdir()
     shutil.copy(root / "volume-1.nii", root / "Training Batch 2" / "volume-1.nii")
     problems = lits.validate(root)

@@ -127,7 +127,7 @@ def validate(root) -> list[str]:
         if not label.is_file() and case_id in LABELLED_IDS:
             problems.append(f"{label}: missing label (KiTS19 labels cases 0-209); restore {LABEL} or remove the folder")
         if image.is_file() and label.is_file():
-            problems += check_pair(image, label, CLASSES, "KiTS19", cache)
+            problems += check_pair(image, label, CLASSES, "KiTS19", cache, foreground="kidney")
         elif image.is_file():
             problems += check_image(image, cache)
     cache.save()

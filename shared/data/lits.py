@@ -118,7 +118,7 @@ def validate(root) -> list[str]:
         elif number not in volumes:
             problems.append(f"{labels[number]}: missing image volume-{number}.nii; restore it or remove the label")
         else:
-            problems += check_pair(volumes[number], labels[number], CLASSES, "LiTS", cache)
+            problems += check_pair(volumes[number], labels[number], CLASSES, "LiTS", cache, foreground="liver")
     for path in found["test-volume"].values():
         problems += check_image(path, cache)
     cache.save()

@@ -45,19 +45,28 @@ def check_image(path: Path, cache: CheckCache | None = None) -> list[str]:
 
 
 def check_pair(
-    image_path: Path, label_path: Path, classes: dict[int, str], dataset: str, cache: CheckCache | None = None
+    image_path: Path,
+    label_path: Path,
+    classes: dict[int, str],
+    dataset: str,
+    cache: CheckCache | None = None,
+    foreground: str | None = None,
 ) -> list[str]:
-    """Problems of an image/label pair: each readable and 3D, same shape and affine, labels in ``classes``."""
-    key = cache.key(image_path, label_path, check=f"pair {sorted(classes)}") if cache is not None else None
+    """Problems of an image/label pair: each readable and 3D, same shape and affine, labels in ``classes``, and,
+    if ``foreground`` names the organ every case of the dataset shows (kidney, liver), some voxel labelled > 0."""
+    check = f"pair {sorted(classes)} foreground {foreground}"
+    key = cache.key(image_path, label_path, check=check) if cache is not None else None
     if cache is not None and key in cache:
         return []
-    problems = _pair_problems(image_path, label_path, classes, dataset)
+    problems = _pair_problems(image_path, label_path, classes, dataset, foreground)
     if not problems and cache is not None:
         cache.add(key)
     return problems
 
 
-def _pair_problems(image_path: Path, label_path: Path, classes: dict[int, str], dataset: str) -> list[str]:
+def _pair_problems(
+    image_path: Path, label_path: Path, classes: dict[int, str], dataset: str, foreground: str | None
+) -> list[str]:
     image_data, image_affine, problem = _read(image_path)
     problems = [problem] if problem else _image_problems(image_path, image_data, image_affine)
     label_data, label_affine, problem = _read(label_path)
@@ -73,6 +82,11 @@ def _pair_problems(image_path: Path, label_path: Path, classes: dict[int, str], 
         problems.append(
             f"{label_path}: {int(outside.sum())} voxels have label values {shown} outside the {dataset} classes "
             f"{names}; fix the label map"
+        )
+    if foreground and not (label_data > 0).any():
+        problems.append(
+            f"{label_path}: no {foreground} voxels (the label map is all background), but every {dataset} case "
+            f"shows the {foreground}; fix the label map or remove the case"
         )
     if image_data is None:
         return problems
