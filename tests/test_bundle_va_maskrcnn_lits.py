@@ -1,13 +1,15 @@
 """va_maskrcnn_lits bundle: metadata, train/evaluate/inference and DDP on two CPU processes at tiny sizes, bad input."""
 
+import json
 import os
 import subprocess
 import sys
+import traceback
 
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.bundle import verify_metadata
+from monai.bundle import ConfigParser, verify_metadata
 
 from shared.data.lits import make_datalist, make_phantoms
 from tests.conftest import META_SCHEMA_MD5
@@ -57,6 +59,56 @@ def trained(repo_root, configs, lits_root, tmp_path_factory):
 
 def test_metadata_passes_the_schema(configs, meta_schema):
     verify_metadata(meta_file=str(configs / "metadata.json"), filepath=str(meta_schema), hash_val=META_SCHEMA_MD5)
+
+
+def test_metadata_describes_the_served_volumes(configs):
+    """MONAI Label (docs/monailabel.md, 7) takes the label names from outputs.pred.channel_def, the dimension from
+    the length of inputs.image.spatial_shape: a 3D CT volume in, a 3D label volume with LiTS's labels out."""
+    fmt = json.loads((configs / "metadata.json").read_text())["network_data_format"]
+    assert next(iter(fmt["inputs"])) == "image" and next(iter(fmt["outputs"])) == "pred"
+    assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "liver", "2": "lesion"}
+    assert len(fmt["inputs"]["image"]["spatial_shape"]) == len(fmt["outputs"]["pred"]["spatial_shape"]) == 3
+
+
+def _parser(configs, name: str, **values) -> ConfigParser:
+    parser = ConfigParser()
+    parser.read_config(str(configs / name))
+    for key, value in values.items():
+        parser[key] = value
+    return parser
+
+
+@pytest.mark.parametrize("pretrained", [False, True])
+@pytest.mark.parametrize("name", ["inference.json", "evaluate.json"])
+def test_saved_training_state_dict_fits_the_inference_network(configs, name, pretrained):
+    """MONAI Label loads model.pt with strict=False: the keys train.json saves must be exactly the network's keys
+    (FrozenBatchNorm2d has no num_batches_tracked; frozen only when starting from pretrained weights)."""
+    values = {k: TINY[k] for k in ("image_size", "bag_size", "backbone")}
+    values["pretrained_path"] = "/pretrained.pt" if pretrained else None  # only read by initialize, never here
+    keys = {}
+    for config in ("train.json", name):
+        parser = _parser(configs, config, **values)
+        assert parser.get_parsed_content("frozen_batchnorm") is pretrained
+        keys[config] = set(parser.get_parsed_content("network_def").state_dict())
+    assert keys["train.json"] == keys[name]
+
+
+def test_train_initialize_needs_no_dataset_and_the_datalist_checks_it(configs, tmp_path):
+    """MONAI Label runs `initialize` with its own datalists (docs/monailabel.md, 11): only the datalist validates,
+    and a resume file left in models/ is used only with --resume true."""
+    parser = _parser(configs, "train.json", dataset_dir=str(tmp_path / "missing_root"))
+    parser.get_parsed_content("initialize")
+    assert parser["resume"] is False
+    with pytest.raises(Exception) as err:
+        parser.get_parsed_content("datalist")
+    # monai wraps the DatasetError of ensure_valid: the user sees it in the chained traceback
+    assert "missing_root: dataset root not found" in "".join(traceback.format_exception(err.value))
+
+
+def test_bundle_has_no_scripts_folder(configs):
+    """`shared.packaging.pack_bundle` copies configs, docs, LICENSE and shared/: bundle-local code is not packed."""
+    assert not (configs.parent / "scripts").exists()
+    assert "scripts." not in "".join(p.read_text() for p in configs.glob("*.json"))
 
 
 @pytest.mark.slow
