@@ -43,6 +43,11 @@ def _workflow(*names: str, **override) -> ConfigWorkflow:
     return workflow
 
 
+def _training_data(**override) -> None:
+    """Initialize train.json and build its datalist, where the dataset root is checked."""
+    _workflow("train.json", **override).parser.get_parsed_content("datalist")
+
+
 def _tiny_network(**kwargs) -> MSAN:
     return MSAN(channels=TINY_CHANNELS, **kwargs)
 
@@ -94,8 +99,12 @@ def _root_cause(err: BaseException) -> BaseException:
 
 
 def test_missing_dataset_stops_with_instructions(tmp_path):
+    # MONAI Label runs `initialize` with its own datalists (docs/monailabel.md, 11): only the datalist checks the root
+    workflow = _workflow("train.json", dataset_dir=str(tmp_path / "no_such_root"), ckpt_dir=str(tmp_path / "models"))
+    assert workflow.parser["resume"] is False  # a resume file left in models/ must not end a new run at once
     with pytest.raises(RuntimeError) as err:
-        _workflow("train.json", dataset_dir=str(tmp_path / "no_such_root"))
+        workflow.run()
+    assert not (tmp_path / "models").exists()
     cause = _root_cause(err.value)
     assert isinstance(cause, DatasetError)
     assert "no_such_root: dataset root not found" in str(cause) and "python -m shared phantoms kits19" in str(cause)
@@ -143,7 +152,7 @@ def test_bad_training_case_stops_before_training_naming_the_case(kits_root, tmp_
     root = shutil.copytree(kits_root, tmp_path / "kits19")
     corrupt(root / "case_00001")
     with pytest.raises(RuntimeError) as err:
-        _workflow("train.json", dataset_dir=str(root), ckpt_dir=str(tmp_path / "models"))
+        _training_data(dataset_dir=str(root), ckpt_dir=str(tmp_path / "models")).run()
     cause = _root_cause(err.value)
     assert isinstance(cause, DatasetError) and "case_00001" in str(cause)
     assert not (tmp_path / "models").exists()
@@ -189,7 +198,7 @@ def test_train_resume_evaluate_infer_ensemble(kits_root, tmp_path):
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(resume)
 
     # resume: asked for 3 epochs, the trainer starts epoch 3 from the epoch-2 weights
-    workflow = _workflow("train.json", dataset_dir=str(kits_root), epochs=3, ckpt_dir=str(models))
+    workflow = _workflow("train.json", dataset_dir=str(kits_root), epochs=3, ckpt_dir=str(models), resume=True)
     trainer = workflow.parser.get_parsed_content("train#trainer")
     network = workflow.parser.get_parsed_content("network")
     seen = {}
@@ -202,6 +211,12 @@ def test_train_resume_evaluate_infer_ensemble(kits_root, tmp_path):
     trainer.add_event_handler(Events.EPOCH_STARTED, first_epoch)
     workflow.run()
     assert seen == {"epoch": 3, "same_weights": True}
+    # without --resume true (a MONAI Label training in the same models/), a new run starts at epoch 1
+    workflow = _workflow("train.json", dataset_dir=str(kits_root), epochs=3, ckpt_dir=str(models))
+    workflow.parser.get_parsed_content("train#trainer").add_event_handler(Events.EPOCH_STARTED, first_epoch)
+    network = workflow.parser.get_parsed_content("network")
+    workflow.run()
+    assert seen == {"epoch": 1, "same_weights": False}
 
     # evaluation of the test split: predictions in the image's space, CSV table, overlay
     eval_dir = tmp_path / "eval"
