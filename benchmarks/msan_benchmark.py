@@ -1,7 +1,7 @@
 """MSAN variants side by side: training speed and peak memory relative to the plain 3D U-Net, sliding-window inference
 throughput on a full phantom volume, and the data-loading share of a cached training step.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/msan_benchmark.py [--patch 64 64 16] [--channels 8 16 32 64]
+    PYTHONPATH=. OMP_NUM_THREADS=2 .venv/bin/python benchmarks/msan_benchmark.py [--patch 64 64 16] [--steps 5]
 
 Prints measured figures and ratios; nothing here is asserted (see tests/ for correctness).
 """
