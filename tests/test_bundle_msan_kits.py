@@ -3,6 +3,9 @@
 Every run is tiny (phantoms of 16x32x32 voxels, 16x16x8 patches, 4-32 channels) and writes into tmp dirs only.
 """
 
+import json
+import math
+import os
 import shutil
 import subprocess
 import sys
@@ -15,9 +18,10 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
-from shared.data.kits19 import make_phantoms
+from shared.data.kits19 import make_datalist, make_phantoms
 from shared.data.validation import DatasetError
 from shared.networks.msan import MSAN
+from shared.transforms.sample_log import loaded_samples
 from tests.conftest import META_SCHEMA_MD5, REPO_ROOT
 
 BUNDLE = REPO_ROOT / "bundles" / "msan_kits"
@@ -276,6 +280,39 @@ def test_train_resume_evaluate_infer_ensemble(kits_root, tmp_path):
         output_dir=str(ensemble_out),
     )
     _check_prediction(ensemble_out / "case_00180_seg.nii.gz", image)
+
+
+@pytest.mark.slow
+def test_multi_gpu_train_runs_ddp_on_two_cpu_processes(kits_root, tmp_path):
+    """Two gloo processes under torchrun: each rank logs the volumes it loads (LogSampled, its own stdout through
+    torchrun's --redirects); the ranks split the training set, and only rank 0 writes the checkpoints and the logs."""
+    files = str(_configs("train.json", "multi_gpu_train.json"))
+    overrides = {**TINY, "dataset_dir": kits_root, "epochs": 1, "val_interval": 1, "batch_size": 1}
+    overrides.update(ckpt_dir=tmp_path / "models", output_dir=tmp_path / "runs")
+    # the phantoms' validation split is one case; each rank needs one (DistributedSampler(even_divisible=False))
+    overrides["validate#dataset#data"] = "$@datalist['validation'] + @datalist['test']"
+    logs = tmp_path / "torchrun_logs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--redirects", "3"]
+    cmd += ["--log_dir", str(logs), "-m", "monai.bundle", "run", "training", "--config_file", files]
+    cmd += [a for k, v in overrides.items() for a in (f"--{k}", json.dumps(v) if isinstance(v, list) else str(v))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    stdout = {int(p.parent.name): p.read_text() for p in logs.rglob("stdout.log")}
+    assert done.returncode == 0, done.stderr[-3000:] + "".join(v[-2000:] for v in stdout.values())
+    assert sorted(stdout) == [0, 1]
+
+    loaded = {rank: loaded_samples(text).get(rank, []) for rank, text in stdout.items()}
+    names = sorted(e["image"] for e in make_datalist(kits_root)["training"])
+    per_rank = math.ceil(len(names) / 2)  # DistributedSampler(even_divisible=True) pads to 2 * ceil(N / 2)
+    assert len(loaded[0]) == len(loaded[1]) == per_rank
+    assert sorted(set(loaded[0]) | set(loaded[1])) == names  # together they cover the training set
+    assert len(set(loaded[0]) & set(loaded[1])) == 2 * per_rank - len(names)  # and share only the padding
+
+    # one checkpoint set (best model + one resume file) and one TensorBoard log, from rank 0 only
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model.pt", "resume_checkpoint_epoch=1.pt"]
+    events = list((tmp_path / "runs").rglob("events.out.tfevents.*"))  # named ...tfevents.<time>.<host>.<pid>.<n>
+    assert events and len({p.name.split(".")[-2] for p in events}) == 1
+    assert "train_loss" in stdout[0] and "train_loss" not in stdout[1]
 
 
 def _check_prediction(pred_path: Path, image_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 from monai.bundle import ConfigParser, verify_metadata
 
 from shared.data.lits import make_datalist, make_phantoms
+from shared.transforms.sample_log import loaded_samples
 from tests.conftest import META_SCHEMA_MD5
 
 TINY = {
@@ -195,9 +196,28 @@ def test_training_refuses_labels_outside_the_lits_classes(repo_root, configs, li
 
 @pytest.mark.slow
 def test_multi_gpu_train_runs_ddp_on_two_cpu_processes(repo_root, configs, lits_root, tmp_path):
+    """Two gloo processes under torchrun: each rank logs the slices it loads (LogSampled, its own stdout through
+    torchrun's --redirects); the ranks draw from disjoint parts of the training slices, and only rank 0 writes the
+    checkpoints and the logs."""
     files = f"['{configs / 'train.json'}','{configs / 'multi_gpu_train.json'}']"
-    overrides = {**TINY, "dataset_dir": lits_root, "epochs": 1, "samples_per_epoch": 4, "batch_size": 1}
+    overrides = {**TINY, "dataset_dir": lits_root, "epochs": 1, "samples_per_epoch": 8, "batch_size": 1}
     overrides.update(ckpt_dir=tmp_path / "models", output_dir=tmp_path / "runs")
-    launcher = ("-m", "torch.distributed.run", "--nproc_per_node", "2")
+    logs = tmp_path / "torchrun_logs"
+    launcher = ("-m", "torch.distributed.run", "--nproc_per_node", "2", "--redirects", "3", "--log_dir", str(logs))
     _run(repo_root, files, "training", overrides, launcher=launcher)
-    assert (tmp_path / "models" / "model.pt").is_file()
+    stdout = {int(p.parent.name): p.read_text() for p in logs.rglob("stdout.log")}
+    assert sorted(stdout) == [0, 1]
+
+    loaded = {rank: loaded_samples(text).get(rank, []) for rank, text in stdout.items()}
+    assert len(loaded[0]) == len(loaded[1]) == 4  # samples_per_epoch // world size, with replacement
+    cases = {e["case"] for e in make_datalist(lits_root)["training"]}
+    assert {name.split(":")[0] for name in loaded[0] + loaded[1]} <= cases
+    # DistributedWeightedRandomSampler: each rank draws from its own half of the slices (they share at most the one
+    # padding slice); without it both ranks, seeded alike, would draw the same slices
+    assert len(set(loaded[0]) & set(loaded[1])) <= 1 and set(loaded[0]) != set(loaded[1])
+
+    # one checkpoint set (best model + one resume file) and one TensorBoard log, from rank 0 only
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model.pt", "resume_checkpoint_epoch=1.pt"]
+    events = list((tmp_path / "runs").rglob("events.out.tfevents.*"))  # named ...tfevents.<time>.<host>.<pid>.<n>
+    assert events and len({p.name.split(".")[-2] for p in events}) == 1
+    assert "loss_classifier" in stdout[0] and "loss_classifier" not in stdout[1]
