@@ -13,6 +13,7 @@ import torch
 from monai.bundle import ConfigParser, run, verify_metadata
 
 from shared.data.deeplesion import make_datalist, make_phantoms
+from shared.transforms.sample_log import loaded_samples
 from tests.conftest import META_SCHEMA_MD5
 
 CONFIGS = ("train.json", "evaluate.json", "inference.json")
@@ -184,10 +185,7 @@ def test_multi_gpu_train_runs_ddp_on_two_cpu_processes(repo_root, configs, phant
     assert done.returncode == 0, done.stderr[-3000:] + "".join(v[-2000:] for v in stdout.values())
     assert sorted(stdout) == [0, 1]
 
-    loaded = {
-        rank: [line.rsplit(" ", 1)[1] for line in text.splitlines() if f"rank {rank} loads training sample" in line]
-        for rank, text in stdout.items()
-    }
+    loaded = {rank: loaded_samples(text).get(rank, []) for rank, text in stdout.items()}
     names = sorted(e["file_name"] for e in make_datalist(phantom_root)["training"])
     per_rank = math.ceil(len(names) / 2)  # DistributedSampler(even_divisible=True) pads to 2 * ceil(N / 2)
     assert len(loaded[0]) == len(loaded[1]) == per_rank
