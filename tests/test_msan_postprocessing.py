@@ -6,8 +6,8 @@ import torch
 from monai.data import MetaTensor
 
 from shared.engines.checkpoint import latest_checkpoint
-from shared.engines.segmentation_io import AtomicNibabelWriter, volume_entries
-from shared.engines.segmentation_postprocessing import KeepLargestComponentsd, keep_largest_components
+from shared.engines.volume_io import AtomicNibabelWriter, volume_entries
+from shared.transforms.postprocessing import KeepLargestComponentsd, keep_largest_components
 
 
 def _three_blobs() -> np.ndarray:

@@ -5,7 +5,7 @@ import torch
 from ignite.engine import Events
 from torch.utils.data import DataLoader
 
-from shared.engines.detection_trainer import DetectionTrainer, collate_detection
+from shared.engines.trainers import DetectionTrainer, collate_detection
 from shared.networks.va_rcnn import build_va_faster_rcnn
 
 

@@ -30,18 +30,16 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
-from monai.engines import Evaluator
 from monai.inferers import Inferer
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from torchvision.models.detection.image_list import ImageList
 
 from shared.data.atomic import atomic_path
+from shared.engines.volume_io import find_volumes, load_volume, volume_name
 from shared.transforms.deeplesion import (
     DeepLesionPreprocessing,
     LoadDeepLesionSampled,
     prepare_entries,
-    read_hu_png,
-    slice_files,
 )
 
 logger = logging.getLogger(__name__)
@@ -50,7 +48,6 @@ logger = logging.getLogger(__name__)
 # left), so the volume is reoriented to L, P and a z axis; we take z inferior-ward, assuming DeepLesion's slice
 # numbers run head to feet as CT series are usually numbered.
 WORKING_AXCODES = ("L", "P", "I")
-VOLUME_SUFFIXES = (".nii", ".nii.gz")
 
 
 def _stack_bag(features: Sequence) -> torch.Tensor | OrderedDict:
@@ -151,72 +148,6 @@ class VolumeDetectionInferer:
             for pos in [p for p in cache if p[1] < lowest]:
                 del cache[pos]
         return results
-
-
-class KeySliceDetectionEvaluator(Evaluator):
-    """MONAI evaluator of a detector on preprocessed key slices (validation during training).
-
-    Batches are ``(images, targets)`` as ``shared.engines.detection_trainer.collate_detection`` makes them; each
-    iteration outputs ``{"pred": detections, "label": targets}`` (lists, one dict per image, boxes in the
-    preprocessed pixels), the input of ``shared.metrics.deeplesion.DeepLesionFROCMetric`` through
-    ``from_engine(["pred", "label"])``.
-    """
-
-    def __init__(self, device, val_data_loader, network: torch.nn.Module, **kwargs) -> None:
-        from shared.engines.detection_trainer import prepare_detection_batch
-
-        kwargs.setdefault("prepare_batch", prepare_detection_batch)
-        super().__init__(device=torch.device(device), val_data_loader=val_data_loader, decollate=False, **kwargs)
-        self.network = network
-
-    def _iteration(self, engine: KeySliceDetectionEvaluator, batchdata) -> dict:
-        images, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
-        engine.network.eval()
-        with torch.no_grad(), torch.autocast("cuda", enabled=engine.amp and engine.state.device.type == "cuda"):
-            predictions = engine.network(images)
-        return {"pred": predictions, "label": targets}
-
-
-def _is_dicom_file(path: Path) -> bool:
-    """True for a DICOM Part 10 file ("DICM" after the 128-byte preamble), whatever its name."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(132)[128:] == b"DICM"
-    except OSError:
-        return False
-
-
-def find_volumes(dataset_dir: str | Path) -> list[Path]:
-    """CT volumes under ``dataset_dir``: ``.nii``/``.nii.gz`` files and folders holding a DICOM series."""
-    root = Path(dataset_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"dataset_dir {root} does not exist: give a folder of .nii/.nii.gz or DICOM folders")
-    found = [p for p in sorted(root.iterdir()) if p.is_file() and p.name.endswith(VOLUME_SUFFIXES)]
-    found += [
-        p for p in sorted(root.iterdir()) if p.is_dir() and any(_is_dicom_file(f) for f in p.iterdir() if f.is_file())
-    ]
-    if not found:
-        raise FileNotFoundError(f"{root}: no .nii, .nii.gz or DICOM series folder found")
-    return found
-
-
-def volume_name(path: Path) -> str:
-    name = path.name
-    for suffix in VOLUME_SUFFIXES[::-1]:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def load_volume(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """HU array and its RAS affine (MONAI ``LoadImage``: NIfTI via nibabel, DICOM series via ITK)."""
-    from monai.transforms import LoadImage
-
-    image = LoadImage(image_only=True)(str(path))
-    array = np.asarray(image, dtype=np.float32)
-    if array.ndim != 3:
-        raise ValueError(f"{path}: expected a 3D CT volume, got an array of shape {array.shape}")
-    return array, np.asarray(image.affine, dtype=np.float64)
 
 
 def _box_outlines(shape: Sequence[int], detections: list[dict], threshold: float) -> np.ndarray:
@@ -365,90 +296,3 @@ def run_inference(
             detections += detect_volume(model, path, inferer, out_dir, label_threshold, min_score)
             logger.info("%s: %s", path.name, inferer.stats)
     return write_detections(out_dir / "detections.json", detections)
-
-
-def _attention_pictures(model, sample: dict, out_dir: Path) -> list[Path]:
-    """CS-Att Fig. 2/3 for the first lesion of a sample: contextual vectors at its feature cells, spatial maps."""
-    from shared.visualize import save_attention_png
-
-    if not hasattr(model, "attention_maps") or not len(sample["boxes"]):
-        return []
-    maps = model.attention_maps([sample["image"].to(next(model.parameters()).device)])
-    saved = []
-    if "contextual" in maps:
-        context = maps["contextual"][0].mean(dim=1)  # (M, h, w): mean over the D channels
-        x1, y1, x2, y2 = (sample["boxes"][0] / 8).tolist()  # stride 8 feature cells covering the lesion
-        cols = slice(int(math.floor(x1)), max(int(math.ceil(x2)), int(math.floor(x1)) + 1))
-        rows = slice(int(math.floor(y1)), max(int(math.ceil(y2)), int(math.floor(y1)) + 1))
-        vectors = context[:, rows, cols].flatten(1).cpu().numpy()
-        saved.append(save_attention_png(vectors, out_dir / "contextual_attention.png", "contextual attention C''"))
-    if "spatial" in maps:
-        spatial = maps["spatial"][0].mean(dim=1).cpu().numpy()  # (M, h, w)
-        saved.append(save_attention_png(spatial, out_dir / "spatial_attention.png", "spatial attention S''"))
-    return saved
-
-
-def _text_table(header: list[str], row: list) -> str:
-    """Two aligned lines: a header and a row of numbers (3 decimals, NaN as n/a)."""
-    cells = [v if isinstance(v, str) else ("n/a" if math.isnan(v) else f"{v:.3f}") for v in row]
-    widths = [max(len(h), len(c)) for h, c in zip(header, cells)]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in (header, cells))
-
-
-def evaluate_detector(
-    model: torch.nn.Module,
-    dataset_dir: str | Path,
-    output_dir: str | Path,
-    loader: LoadDeepLesionSampled,
-    split: str = "validation",
-    num_pictures: int = 4,
-):
-    """Detect on the key slices of ``split`` of a DeepLesion root, score them and draw the paper's pictures.
-
-    Writes into ``output_dir``: ``detections.json``, ``sensitivity.csv`` (per key slice rows of
-    ``shared.metrics.deeplesion.score_detections``), ``summary.json``, ``table2.csv`` (CS-Att Table 2 groups at 4 FPs
-    per image), ``froc.png``, ``detections_<series>_<slice>.png`` (GT blue, TP green, FP red) and the attention
-    heatmaps. Prints the sensitivity table; returns the ``MetricTable``.
-    """
-    import json
-
-    from shared.data.deeplesion import make_datalist, read_annotations
-    from shared.metrics.deeplesion import FP_RATES, key_slices, score_detections, write_detections
-    from shared.visualize import save_detection_png, save_froc_png
-
-    root, out_dir = Path(dataset_dir), Path(output_dir)
-    entries = prepare_entries(make_datalist(root)[split], loader)
-    detections = detect_entries(model, entries, loader)
-    path = write_detections(out_dir / "detections.json", detections)
-    truth = key_slices(read_annotations(root), split)
-    table, result = score_detections(detections, truth, source=str(path))
-    table.write_csv(out_dir / "sensitivity.csv")
-    with atomic_path(out_dir / "summary.json") as tmp:
-        tmp.write_text(json.dumps(table.to_dict()["summary"], indent=1))
-    groups = [(k.split("_", 1)[1], v) for k, v in table.summary.items() if k.startswith("sens@4_")]
-    with atomic_path(out_dir / "table2.csv") as tmp:
-        rows = "".join(f"{g},{'' if math.isnan(v) else f'{v:.4f}'}\n" for g, v in groups)
-        tmp.write_text("group,sensitivity_at_4fp\n" + rows)
-
-    save_froc_png(result.curve, out_dir / "froc.png", title=f"FROC, DeepLesion {split}")
-    print(f"\nDeepLesion {split}: {result.num_images} key slices, {result.num_lesions} lesions")
-    print(_text_table(["FPs per image", *(f"{r:g}" for r in FP_RATES)], ["sensitivity", *result.sensitivities]))
-    print("CS-Att Table 2 groups, sensitivity at 4 FPs per image")
-    print(_text_table(["group", *(g for g, _ in groups)], ["sensitivity", *(v for _, v in groups)]))
-
-    threshold = result.threshold_at(4.0)
-    for k in truth[:num_pictures]:
-        hu = read_hu_png(slice_files(root / "Images_png" / k.series)[k.slice])
-        ds = [d for d in detections if (d["series"], d["slice"]) == (k.series, k.slice)]
-        save_detection_png(
-            hu,
-            k.boxes,
-            [d["box"] for d in ds],
-            [d["score"] for d in ds],
-            out_dir / f"detections_{k.series}_{k.slice:03d}.png",
-            score_threshold=min(threshold, 1.0),
-        )
-    with_lesion = next((e for e in entries if e.get("boxes")), None)
-    if with_lesion is not None:
-        _attention_pictures(model, loader(with_lesion), out_dir)
-    return table
