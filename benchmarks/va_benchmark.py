@@ -1,8 +1,8 @@
 """VA Mask R-CNN benchmarks: printed ratios, never asserted in tests.
 
-1. Whole-volume inference with vs without the backbone feature cache (SliceInferer): same outputs, time ratio
+1. Whole-volume inference with vs without the backbone feature cache (VolumeMaskInferer): same outputs, time ratio
    (expected near the bag size N: without the cache every bag runs the backbone on its N images).
-2. VA Mask R-CNN vs the baseline 2.5D Mask R-CNN (attention=False) over the same volume, both through SliceInferer:
+2. VA Mask R-CNN vs the baseline 2.5D Mask R-CNN (attention=False) over the same volume, both through VolumeMaskInferer:
    time and peak-memory ratios (goal < 1.3x). Peak memory: CUDA max allocated, or on CPU the peak RSS increase of
    a fresh process (each measurement runs in its own subprocess).
 3. Training pipeline slices/s: bags read from the memory-mapped volume cache vs preprocessing the NIfTI each time.
@@ -25,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from shared.engines.slice_inferer import SliceInferer  # noqa: E402
+from shared.engines.inferers.volume_mask import VolumeMaskInferer  # noqa: E402
 from shared.networks.va_rcnn import build_va_mask_rcnn  # noqa: E402
 
 
@@ -54,7 +54,7 @@ def _volume(args) -> torch.Tensor:
 def measure_one(args) -> dict:
     """Inference time and peak memory of one configuration (run in a fresh process)."""
     model, volume = _model(args, attention=args.attention), _volume(args)
-    inferer = SliceInferer(score_threshold=0.0, cache_features=args.cache)
+    inferer = VolumeMaskInferer(score_threshold=0.0, cache_features=args.cache)
     cuda = args.device == "cuda"
     with torch.no_grad():
         if cuda:

@@ -6,7 +6,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from shared.engines.detection_inferer import VolumeDetectionInferer, detect_volume, run_inference
+from shared.engines.inferers.deeplesion import run_inference
+from shared.engines.inferers.volume_boxes import VolumeDetectionInferer, detect_volume
 from shared.networks.three_dce import ThreeDCE
 from shared.transforms.deeplesion import DeepLesionPreprocessing, LoadDeepLesionSampled
 
@@ -82,7 +83,7 @@ def test_box_label_inferer_as_served_equals_the_box_volume_of_detect_volume(repo
     space, exactly the `<volume>_boxes.nii.gz` of the CLI path, on a RAS volume (three axes flipped to L, P, I)."""
     from monai.bundle import ConfigParser
 
-    from shared.engines.detection_inferer import WORKING_AXCODES
+    from shared.engines.inferers.volume_boxes import WORKING_AXCODES
 
     affine = np.diag([0.8, 0.9, 2.0, 1.0])
     affine[:3, 3] = [-10.0, 5.0, 100.0]

@@ -1,10 +1,10 @@
-"""SliceInferer: cached and uncached backbone features give the same volume; liver AND lesion; label pasting."""
+"""VolumeMaskInferer: cached and uncached backbone features give the same volume; liver AND lesion; label pasting."""
 
 import pytest
 import torch
 from monai.data import MetaTensor
 
-from shared.engines.slice_inferer import SliceInferer
+from shared.engines.inferers.volume_mask import VolumeMaskInferer
 from shared.networks.va_rcnn import build_va_mask_rcnn
 from shared.transforms.slice_bags import image_slice_indices
 
@@ -30,7 +30,7 @@ def volume():
 
 
 def test_cached_and_uncached_inference_agree(model, volume):
-    cached, uncached = SliceInferer(cache_features=True), SliceInferer(cache_features=False)
+    cached, uncached = VolumeMaskInferer(cache_features=True), VolumeMaskInferer(cache_features=False)
     plain = volume[0, 0].permute(2, 0, 1).contiguous()
     with torch.no_grad():
         det_c = cached._volume_cached(plain, model)
@@ -42,14 +42,14 @@ def test_cached_and_uncached_inference_agree(model, volume):
         for key in ("boxes", "scores", "masks"):
             torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-4)
     low = dict(score_threshold=0.0)
-    out_c = SliceInferer(**low)(volume, model)
-    out_u = SliceInferer(cache_features=False, **low)(volume, model)
+    out_c = VolumeMaskInferer(**low)(volume, model)
+    out_u = VolumeMaskInferer(cache_features=False, **low)(volume, model)
     assert out_c.shape == volume.shape
     assert (out_c != out_u).float().mean() < 1e-3  # only pixels at a threshold may flip
 
 
 def test_cache_computes_each_image_once(model, volume):
-    inferer = SliceInferer()
+    inferer = VolumeMaskInferer()
     inferer(volume, model)
     offsets = model.backbone.image_offsets  # [-3, 0, 3]
     distinct = sum(
@@ -57,7 +57,7 @@ def test_cache_computes_each_image_once(model, volume):
         for r in range(3)
     )
     assert inferer.images_computed == distinct < 3 * DEPTH
-    uncached = SliceInferer(cache_features=False)
+    uncached = VolumeMaskInferer(cache_features=False)
     uncached(volume, model)
     assert uncached.images_computed == 3 * DEPTH
 
@@ -73,7 +73,7 @@ def test_slice_labels_keep_lesions_inside_the_liver():
         "scores": torch.tensor([0.9, 0.7, 0.3]),
         "masks": masks,
     }
-    out = SliceInferer(score_threshold=0.5).slice_labels(det, (4, 6))
+    out = VolumeMaskInferer(score_threshold=0.5).slice_labels(det, (4, 6))
     expected = torch.zeros(4, 6)
     expected[:, :4] = 1
     expected[1:3, 2:4] = 2  # lesion AND liver
@@ -82,11 +82,11 @@ def test_slice_labels_keep_lesions_inside_the_liver():
 
 def test_output_keeps_the_metadata_and_bad_shapes_are_refused(model):
     volume = MetaTensor(torch.rand(1, 1, SIZE, SIZE, 2), affine=torch.diag(torch.tensor([2.0, 2.0, 1.5, 1.0])))
-    out = SliceInferer()(volume, model)  # shorter than a bag: edge slices are replicated
+    out = VolumeMaskInferer()(volume, model)  # shorter than a bag: edge slices are replicated
     assert isinstance(out, MetaTensor) and torch.equal(out.affine, volume.affine)
     assert set(out.unique().tolist()) <= {0.0, 1.0, 2.0}
     with pytest.raises(ValueError, match=r"\(B, 1, H, W, D\)"):
-        SliceInferer()(torch.rand(1, SIZE, SIZE, 2), model)
+        VolumeMaskInferer()(torch.rand(1, SIZE, SIZE, 2), model)
 
 
 def test_rcnn_location_cached_and_uncached_agree():
@@ -97,8 +97,8 @@ def test_rcnn_location_cached_and_uncached_agree():
     ).eval()
     plain = torch.rand(4, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        det_c = SliceInferer()._volume_cached(plain, net)
-        det_u = SliceInferer()._volume_uncached(plain, net)
+        det_c = VolumeMaskInferer()._volume_cached(plain, net)
+        det_u = VolumeMaskInferer()._volume_uncached(plain, net)
     for a, b in zip(det_c, det_u):
         assert len(a["scores"]) > 0
         torch.testing.assert_close(a["scores"], b["scores"], atol=1e-4, rtol=1e-4)

@@ -4,7 +4,7 @@ Works for any such model (VA Mask R-CNN, VA Faster R-CNN, 3DCE, plain torchvisio
 the loss dict, back-propagates (optionally with AMP on CUDA and gradient clipping) and stores the losses as floats
 in ``engine.state.output`` (``{"loss": total, "loss_classifier": ..., ...}``), so MONAI's ``StatsHandler`` and
 ``TensorBoardStatsHandler`` with ``output_transform=lambda x: x`` log every loss. Validation on whole volumes runs
-in a MONAI ``SupervisedEvaluator`` with a slice-wise inferer (:mod:`shared.engines.slice_inferer`), attached with
+in a MONAI ``SupervisedEvaluator`` with a slice-wise inferer (:mod:`shared.engines.inferers.volume_mask`), attached with
 ``ValidationHandler``.
 """
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from shared.data.atomic import atomic_path
-from shared.engines.detection_inferer import detect_entries
+from shared.engines.inferers.deeplesion import detect_entries
 from shared.transforms.deeplesion import LoadDeepLesionSampled, prepare_entries, read_hu_png, slice_files
 
 __all__ = ["evaluate_detector"]

@@ -23,7 +23,7 @@ from shared.transforms.slice_bags import bag_slice_indices, image_slice_indices
 LITS_CLASSES = {"liver": 1, "lesion": 2}
 
 
-class SliceInferer(Inferer):
+class VolumeMaskInferer(Inferer):
     """Run a 2.5D detector with masks (torchvision ``MaskRCNN`` with a ``VABackbone``) on every axial slice.
 
     Args:

@@ -1,17 +1,9 @@
-"""Box inference of 2.5D slice-bag detectors (3DCE/CS-Att, VA Faster R-CNN) on DeepLesion key slices and volumes.
+"""Box inference of 2.5D slice-bag detectors (3DCE/CS-Att, VA Faster R-CNN) on every axial slice of a CT volume.
 
-Two entry points, both used by ``bundles/cs_att_deeplesion/configs/inference.json`` through :func:`run_inference`:
-
-- DeepLesion roots (``DL_info.csv`` + ``Images_png``): every key slice of the chosen datalist split is preprocessed
-  as 3DCE (``shared.transforms.deeplesion``) and detected alone; boxes go back to the PNG's pixels.
-- CT volumes (``.nii``, ``.nii.gz`` or a folder holding one DICOM series): every axial slice is a key slice.
-  :class:`VolumeDetectionInferer` builds each 3-slice image of the 2 mm context by linear interpolation in the
-  volume, computes its backbone features once and keeps them while neighbouring key slices need them (the model's
-  backbone must offer ``image_offsets``, ``image_features`` and ``attend``, as ``ThreeDCEBackbone`` and
-  ``VABackbone`` do). Detections carry the slice index and box in the input's array, and world coordinates.
-
-Output: ``detections.json`` in the format of ``shared.metrics.deeplesion`` (``series`` is the volume name for
-volumes), optionally ``<volume>_boxes.nii.gz`` with the box outlines drawn as label 1 in the input's space.
+:class:`VolumeDetectionInferer` builds each 3-slice image of the 2 mm context by linear interpolation in the volume,
+computes its backbone features once and keeps them while neighbouring key slices need them. :func:`detect_volume`
+gives the detections of one volume file with the slice index and box in the input's array, and world coordinates,
+optionally writing ``<volume>_boxes.nii.gz`` with the box outlines drawn as label 1 in the input's space.
 
 :class:`BoxLabelInferer` draws the same box volume as a MONAI ``Inferer`` (``inferer(inputs, network)``), the form
 MONAI Label serves (inference.json's ``preprocessing`` / ``inferer`` / ``postprocessing``, docs/monailabel.md).
@@ -19,7 +11,6 @@ MONAI Label serves (inference.json's ``preprocessing`` / ``inferer`` / ``postpro
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -35,14 +26,8 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 from torchvision.models.detection.image_list import ImageList
 
 from shared.data.atomic import atomic_path
-from shared.engines.volume_io import find_volumes, load_volume, volume_name
-from shared.transforms.deeplesion import (
-    DeepLesionPreprocessing,
-    LoadDeepLesionSampled,
-    prepare_entries,
-)
-
-logger = logging.getLogger(__name__)
+from shared.engines.volume_io import load_volume, volume_name
+from shared.transforms.deeplesion import DeepLesionPreprocessing, LoadDeepLesionSampled
 
 # Slices are shown as DeepLesion's PNGs are (radiological view: rows anterior -> posterior, columns patient right ->
 # left), so the volume is reoriented to L, P and a z axis; we take z inferior-ward, assuming DeepLesion's slice
@@ -247,52 +232,3 @@ def detect_volume(
         with atomic_path(Path(output_dir) / f"{name}_boxes.nii.gz") as tmp:
             nib.save(nib.Nifti1Image(label_volume.astype(np.uint8), affine), str(tmp))
     return out
-
-
-@torch.no_grad()
-def detect_entries(model: torch.nn.Module, entries: Sequence[dict], loader: LoadDeepLesionSampled) -> list[dict]:
-    """Detections on DeepLesion key slices (datalist entries) in the PNG's pixels, as JSON-ready dicts."""
-    model.eval()
-    device = next(model.parameters()).device
-    out = []
-    for entry in entries:
-        sample = loader(entry)
-        det = model([sample["image"].to(device)])[0]
-        series = Path(entry["image"]).name
-        for box, score in zip((det["boxes"].cpu() / sample["scale"]).tolist(), det["scores"].tolist()):
-            out.append({"series": series, "slice": int(entry["key_slice"]), "box": box, "score": float(score)})
-    return out
-
-
-def run_inference(
-    model: torch.nn.Module,
-    dataset_dir: str | Path,
-    output_dir: str | Path,
-    loader: LoadDeepLesionSampled,
-    split: str = "test",
-    batch_size: int = 4,
-    label_threshold: float | None = 0.5,
-    min_score: float = 0.05,
-) -> Path:
-    """Detect on ``dataset_dir`` (a DeepLesion root, or CT volumes) and write ``<output_dir>/detections.json``.
-
-    A DeepLesion root (with ``DL_info.csv``) is read with ``shared.data.deeplesion.make_datalist`` and the entries
-    of ``split`` are detected (all boxes, for FROC scoring); otherwise every volume of ``dataset_dir`` is (boxes
-    scoring >= ``min_score``; with the label NIfTIs of boxes scoring >= ``label_threshold`` unless it is None).
-    """
-    from shared.metrics.deeplesion import write_detections
-
-    root, out_dir = Path(dataset_dir), Path(output_dir)
-    if (root / "DL_info.csv").is_file():
-        from shared.data.deeplesion import make_datalist
-
-        entries = prepare_entries(make_datalist(root)[split], loader)
-        detections = detect_entries(model, entries, loader)
-        logger.info("detected %d boxes on %d DeepLesion key slices", len(detections), len(entries))
-    else:
-        inferer = VolumeDetectionInferer(loader.params, batch_size)
-        detections = []
-        for path in find_volumes(root):
-            detections += detect_volume(model, path, inferer, out_dir, label_threshold, min_score)
-            logger.info("%s: %s", path.name, inferer.stats)
-    return write_detections(out_dir / "detections.json", detections)
