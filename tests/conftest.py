@@ -1,11 +1,11 @@
-"""Fixtures every test module may use: paths to the repository and to ../shared beside it."""
+"""Fixtures every test module may use: paths to the repository and to the files vendored in tests/data."""
 
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_ROOT.parent / "shared"
+DATA_DIR = REPO_ROOT / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -13,23 +13,24 @@ def repo_root() -> Path:
     return REPO_ROOT
 
 
-def _shared_path(*parts: str) -> Path:
-    path = SHARED_DIR.joinpath(*parts)
+def _data_path(*parts: str) -> Path:
+    """A file or folder under tests/data; a missing one fails the test (it is part of the repository)."""
+    path = DATA_DIR.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"needs {path} (the read-only ../shared folder beside the repository), which is missing")
+        pytest.fail(f"{path} is missing: it is part of the repository (see tests/data/README.md)", pytrace=False)
     return path
 
 
 @pytest.fixture(scope="session")
 def totalseg_dir() -> Path:
-    """../shared/data/totalsegmentator_example: a real abdominal CT (NIfTI and DICOM) with organ labels."""
-    return _shared_path("data", "totalsegmentator_example")
+    """tests/data/totalsegmentator_example: a real abdominal CT (NIfTI and DICOM) with organ labels."""
+    return _data_path("totalsegmentator_example")
 
 
 @pytest.fixture(scope="session")
 def meta_schema() -> Path:
-    """../shared/schemas/meta_schema_20240725.json, the MONAI bundle metadata schema for offline verify_metadata."""
-    return _shared_path("schemas", "meta_schema_20240725.json")
+    """tests/data/schemas/meta_schema_20240725.json, the MONAI bundle metadata schema for offline verify_metadata."""
+    return _data_path("schemas", "meta_schema_20240725.json")
 
 
 META_SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
