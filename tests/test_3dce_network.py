@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from shared.networks.bag_detector import BagBackbone
 from shared.networks.three_dce import ThreeDCE, ThreeDCEBackbone, build_slice_backbone
 
 
@@ -99,3 +100,26 @@ def test_attention_maps_are_max_normalized():
     maps = model.attention_maps([torch.rand(9, 32, 32)])
     assert torch.allclose(maps["contextual"].amax(dim=1), torch.ones(1, 32, 4, 4))
     assert torch.allclose(maps["spatial"].amax(dim=(3, 4)), torch.ones(1, 3, 32))
+
+
+def test_detect_from_precomputed_features_equals_the_forward():
+    """The inferers' path (image features -> bag -> attend -> detect) gives model(images)'s detections."""
+    model = _tiny(box_score_thresh=0.0).eval()
+    assert isinstance(model.backbone, BagBackbone)
+    images = [torch.rand(9, 40, 48, generator=torch.Generator().manual_seed(1))]
+    with torch.no_grad():
+        direct = model(images)
+        image_list, _ = model.transform(images)
+        single = image_list.tensors.reshape(3, 3, *image_list.tensors.shape[-2:])  # the M images, key in the middle
+        bag = {k: v[None] for k, v in model.backbone.image_features(single).items()}
+        losses, detected = model.detect(image_list, model.backbone.attend(bag), [(40, 48)])
+    assert losses == {} and len(direct[0]["boxes"]) > 0
+    for key in ("boxes", "scores", "labels"):
+        torch.testing.assert_close(detected[0][key], direct[0][key])
+
+
+def test_degenerate_target_boxes_are_refused():
+    model = _tiny().train()
+    target = {"boxes": torch.tensor([[10.0, 12.0, 10.0, 34.0]]), "labels": torch.tensor([1])}
+    with pytest.raises(ValueError, match="positive height and width"):
+        model([torch.rand(9, 64, 64)], [target])

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from shared.networks.bag_detector import BagBackbone
 from shared.networks.blocks.volumetric_attention import VolumetricAttention
 from shared.networks.va_rcnn import VABackbone, build_va_faster_rcnn, build_va_mask_rcnn
 
@@ -136,3 +137,37 @@ def test_bad_arguments_are_refused():
         _tiny(location="head")
     with pytest.raises(ValueError, match="one size per FPN level"):
         _tiny(anchor_sizes=[8, 16])
+
+
+@pytest.mark.parametrize("location", ["rpn", "roi"])
+def test_detect_from_precomputed_features_equals_the_forward(location):
+    """The inferers' path (image features -> bag -> attend -> detect) gives model(images)'s detections and masks."""
+    model = _tiny(location=location, box_score_thresh=0.0).eval()
+    assert isinstance(model.backbone, BagBackbone)
+    image, _ = _sample()
+    with torch.no_grad():
+        direct = model([image])
+        image_list, _ = model.transform([image])
+        single = image_list.tensors.reshape(3, 3, *image_list.tensors.shape[-2:])  # the bag's 3 images in z order
+        bag = {k: v[None] for k, v in model.backbone.image_features(single).items()}
+        losses, detected = model.detect(image_list, model.backbone.attend(bag), [(SIZE, SIZE)])
+    assert losses == {} and len(direct[0]["boxes"]) > 0
+    for key in ("boxes", "scores", "labels", "masks"):
+        torch.testing.assert_close(detected[0][key], direct[0][key])
+
+
+def test_rcnn_location_passes_the_bag_features_in_the_features():
+    model = _tiny(location="roi").eval()
+    backbone = model.backbone
+    state = {k: id(v) for k, v in vars(backbone).items()}
+    with torch.no_grad():
+        features = backbone(torch.rand(2, 9, SIZE, SIZE))
+    assert {k: id(v) for k, v in vars(backbone).items()} == state  # no features kept on the backbone
+    assert list(features) == [*backbone.levels, "bag"] and "bag" not in backbone.rpn_feature_names
+    assert [tuple(v.shape) for v in features["bag"].values()][0] == (2, 3, 256, 16, 16)
+    torch.testing.assert_close(features["0"], features["bag"]["0"][:, 1])  # the RPN sees the target's own features
+    proposals = [torch.tensor([[4.0, 4.0, 30.0, 30.0]])] * 2
+    with pytest.raises(ValueError, match=r"features\['bag'\]"):
+        model.roi_heads.box_roi_pool({k: features[k] for k in backbone.levels}, proposals, [(SIZE, SIZE)] * 2)
+    pooled = model.roi_heads.box_roi_pool(features, proposals, [(SIZE, SIZE)] * 2)
+    assert pooled.shape == (2, 256, 7, 7)

@@ -1,6 +1,7 @@
 """3DCE (Yan et al., MICCAI 2018) with contextual and spatial attention (Tao et al., MICCAI 2019, CS-Att sec. 2).
 
-The detector is a torchvision ``GeneralizedRCNN``: a transform, a backbone, an RPN and RoI heads, each injected.
+The detector is a torchvision ``GeneralizedRCNN`` (a transform, a backbone, an RPN and RoI heads, each injected) with
+the detection flow of :class:`shared.networks.bag_detector.BagDetector`.
 
 - Input: ``3M``-channel images, M three-slice images stacked on the channel axis with the key slice in the middle
   image's middle channel (CS-Att sec. 2), already windowed and rescaled (``shared.transforms.deeplesion``), so the
@@ -8,8 +9,9 @@ The detector is a torchvision ``GeneralizedRCNN``: a transform, a backbone, an R
 - Backbone (:class:`ThreeDCEBackbone`): one 2D network shared by the M images (VGG-16 up to relu5_3 with pool4
   removed, stride 8, as 3DCE), CS-Att on the M relu5_3 maps (sec. 2.1-2.2), then per image a 1x1 convolution to
   ``7 x 7 x 10`` position-sensitive channels, the M maps concatenated along channels (``M * 490``, sec. 2, 3DCE).
-  It returns ``{"key": features of the key image, "ps": concatenated position-sensitive maps}``.
-- RPN (:class:`KeyImageRPN`): torchvision's RPN on the key image's (attended) features only, anchors 16, 24, 32, 48,
+  It returns ``{"key": features of the key image, "ps": concatenated position-sensitive maps}`` and follows the 2.5D
+  backbone contract of :class:`shared.networks.bag_detector.BagBackbone`.
+- RPN: torchvision's RPN on the key image's (attended) features only (``rpn_feature_names``), anchors 16, 24, 32, 48,
   96 px at ratios 0.5, 1, 2 (3DCE).
 - RoI heads: torchvision's ``RoIHeads`` (sampling, losses, post-processing) with position-sensitive RoI align
   (:class:`PSRoIAlignPool`, 7 x 7 bins -> ``M * 10`` channels), one 2048-unit fully connected layer and
@@ -31,6 +33,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import ps_roi_align
 
+from shared.networks.bag_detector import BagDetector, Features
 from shared.networks.blocks.contextual_spatial_attention import ContextualSpatialAttention
 
 BACKBONES = ("vgg16", "resnet50", "resnet18", "tiny")
@@ -71,9 +74,11 @@ class ThreeDCEBackbone(nn.Module):
 
     Input ``(B, 3M, H, W)``; output ``OrderedDict(key=(B, D, H/8, W/8), ps=(B, M*K*K*C, H/8, W/8))`` with ``K``
     ``ps_size`` and ``C`` ``ps_channels``. :attr:`image_offsets`, :meth:`image_features` and :meth:`attend` split the
-    forward pass (the same protocol as ``shared.networks.va_rcnn.VABackbone``) so the whole-volume inferer computes
-    each slice image's features once and reuses them for neighbouring key slices.
+    forward pass (:class:`~shared.networks.bag_detector.BagBackbone`) so the whole-volume inferer computes each slice
+    image's features once and reuses them for neighbouring key slices.
     """
+
+    rpn_feature_names = ("key",)
 
     def __init__(
         self,
@@ -103,9 +108,9 @@ class ThreeDCEBackbone(nn.Module):
         """Centres of the M slice images in (2 mm) slices from the key slice: ``3 (i - M // 2)``."""
         return [3 * (i - self.num_images // 2) for i in range(self.num_images)]
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Backbone features of 3-channel slice images: ``(N, 3, H, W) -> (N, D, H/8, W/8)``."""
-        return self.body(images)
+    def image_features(self, images: torch.Tensor) -> Features:
+        """Backbone features of 3-channel slice images: ``(N, 3, H, W) -> {"body": (N, D, H/8, W/8)}``."""
+        return OrderedDict(body=self.body(images))
 
     def split_images(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3M, H, W) -> (B*M, 3, H, W)``, images in slice order."""
@@ -114,24 +119,19 @@ class ThreeDCEBackbone(nn.Module):
             raise ValueError(f"expected {3 * self.num_images} channels (M={self.num_images} images of 3), got {c}")
         return x.reshape(b * self.num_images, 3, h, w)
 
-    def attend(self, features: torch.Tensor, return_maps: bool = False):
-        """Attention and position-sensitive maps from per-image features ``(B, M, D, h, w)``."""
-        attended, maps = self.attention(features, return_maps=True)
+    def attend(self, bag: Features, return_maps: bool = False):
+        """Attention and position-sensitive maps from per-image features ``{"body": (B, M, D, h, w)}``; with
+        ``return_maps`` also the CS-Att maps."""
+        attended, maps = self.attention(bag["body"], return_maps=True)
         b, m = attended.shape[:2]
         ps = self.ps_conv(attended.flatten(0, 1))
         out = OrderedDict(key=attended[:, m // 2], ps=ps.reshape(b, m * ps.shape[1], *ps.shape[2:]))
         return (out, maps) if return_maps else out
 
     def forward(self, x: torch.Tensor, return_maps: bool = False):
-        feats = self.image_features(self.split_images(x))
-        return self.attend(feats.reshape(x.shape[0], self.num_images, *feats.shape[1:]), return_maps=return_maps)
-
-
-class KeyImageRPN(RegionProposalNetwork):
-    """torchvision's RPN run on the key image's features only (``features["key"]``), as 3DCE."""
-
-    def forward(self, images, features, targets=None):
-        return super().forward(images, OrderedDict(key=features["key"]), targets)
+        feats = self.image_features(self.split_images(x))["body"]
+        bag = OrderedDict(body=feats.reshape(x.shape[0], self.num_images, *feats.shape[1:]))
+        return self.attend(bag, return_maps=return_maps)
 
 
 class PSRoIAlignPool(nn.Module):
@@ -172,7 +172,7 @@ class PaddingOnlyTransform(GeneralizedRCNNTransform):
         return image, target
 
 
-class ThreeDCE(GeneralizedRCNN):
+class ThreeDCE(BagDetector, GeneralizedRCNN):
     """3DCE detector with CS-Att (Tao et al. 2019), torchvision detection contract.
 
     ``model(images, targets)`` in train mode returns the loss dict (``loss_objectness``, ``loss_rpn_box_reg``,
@@ -229,7 +229,7 @@ class ThreeDCE(GeneralizedRCNN):
             num_images, backbone, backbone_weights, contextual, spatial, ps_size, ps_channels, attention_kernel_size
         )
         anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
-        rpn = KeyImageRPN(
+        rpn = RegionProposalNetwork(
             anchors,
             RPNHead(body.out_channels, anchors.num_anchors_per_location()[0]),
             rpn_fg_iou_thresh,

@@ -4,9 +4,12 @@ The 2.5D input is a *bag*: one image of 3N channels holding N 2.5D images (3 adj
 target image in the middle. :class:`VABackbone` replaces torchvision's ``BackboneWithFPN``: it splits the bag into
 N 3-channel images, runs the shared ResNet-FPN once on all of them (one batched call), and applies a
 :class:`~shared.networks.blocks.volumetric_attention.VolumetricAttention` block at every FPN level, returning the
-attended features of the target image. torchvision's ``GeneralizedRCNNTransform``, RPN, RoI heads and mask head are
-used unchanged. The wrapper keeps torchvision's parameter names (``backbone.body.*``, ``backbone.fpn.*``), so COCO
-Mask R-CNN checkpoints load onto it (:func:`shared.networks.pretrained.load_pretrained`).
+attended features of the target image; it follows the 2.5D backbone contract of
+:class:`shared.networks.bag_detector.BagBackbone`. :class:`VAMaskRCNN` and :class:`VAFasterRCNN` are torchvision's
+``MaskRCNN`` and ``FasterRCNN`` with the detection flow of :class:`~shared.networks.bag_detector.BagDetector`;
+torchvision's ``GeneralizedRCNNTransform``, RPN, RoI heads and mask head are used unchanged. The wrapper keeps
+torchvision's parameter names (``backbone.body.*``, ``backbone.fpn.*``), so COCO Mask R-CNN checkpoints load onto it
+(:func:`shared.networks.pretrained.load_pretrained`).
 
 Inputs are expected in [0, 1] (the paper's HU window [-200, 300] mapped to [0, 1], sec. 3.2). Each 3-channel image
 is normalised inside the wrapper with the ImageNet mean/std that torchvision's pretrained ResNets expect; the
@@ -25,6 +28,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from shared.networks.bag_detector import BagDetector, Features
 from shared.networks.blocks.volumetric_attention import VolumetricAttention
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,9 +47,11 @@ class VABackbone(nn.Module):
         channel, spatial: switches of the VA block (Table 2d).
         location: ``"rpn"`` (default, Fig. 2): VA on every FPN level, one block per level (levels differ in scale
             and statistics, so they do not share weights); ``"roi"`` (Table 2e "RCNN"): the RPN sees the target's
-            own features and VA is applied to RoI-aligned bag features by :class:`BagRoIAlign` in the heads.
+            own features and VA is applied to RoI-aligned bag features by :class:`BagRoIAlign` in the heads, which
+            read them from the ``"bag"`` entry :meth:`attend` adds.
 
-    ``forward(x)``: x (B, 3N, H, W) in [0, 1] -> OrderedDict level -> (B, C, h, w), like ``BackboneWithFPN``.
+    ``forward(x)``: x (B, 3N, H, W) in [0, 1] -> OrderedDict level -> (B, C, h, w), like ``BackboneWithFPN``
+    (plus ``"bag"`` in the ``"roi"`` location).
     """
 
     def __init__(
@@ -75,11 +81,11 @@ class VABackbone(nn.Module):
         if isinstance(self.fpn.extra_blocks, LastLevelMaxPool):
             levels.append("pool")
         self.levels = levels
+        self.rpn_feature_names = tuple(levels)
         if attention and location == "rpn":
             self.attention = nn.ModuleDict(
                 {lvl: VolumetricAttention(2, self.out_channels, channel=channel, spatial=spatial) for lvl in levels}
             )
-        self.bag_features: OrderedDict[str, torch.Tensor] | None = None  # set per forward in "roi" location
 
     @property
     def image_offsets(self) -> list[int]:
@@ -92,20 +98,23 @@ class VABackbone(nn.Module):
             return [0]
         return [SLICES_PER_IMAGE * (k - self.target_index) for k in range(self.bag_size)]
 
-    def image_features(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+    def image_features(self, images: torch.Tensor) -> Features:
         """FPN features of 3-channel images (M, 3, H, W) in [0, 1] -> OrderedDict level -> (M, C, h, w)."""
         return self.fpn(self.body((images - self.mean) / self.std))
 
-    def attend(self, bag: OrderedDict[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
-        """Bag features (level -> (B, N', C, h, w), N' = len(image_offsets)) -> target features (B, C, h, w)."""
+    def attend(self, bag: Features) -> Features:
+        """Bag features (level -> (B, N', C, h, w), N' = len(image_offsets)) -> target features (B, C, h, w).
+
+        In the ``"roi"`` location the target's own features come with ``"bag"``: the bag features themselves, for
+        :class:`BagRoIAlign`.
+        """
         if not self.use_attention:
             return OrderedDict((k, v[:, 0]) for k, v in bag.items())
         if self.location == "roi":
-            self.bag_features = bag
-            return OrderedDict((k, v[:, self.target_index]) for k, v in bag.items())
+            return OrderedDict([*((k, v[:, self.target_index]) for k, v in bag.items()), ("bag", bag)])
         return OrderedDict((k, self.attention[k](v, self.target_index)) for k, v in bag.items())
 
-    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> Features:
         b, c, h, w = x.shape
         if c != SLICES_PER_IMAGE * self.bag_size:
             raise ValueError(
@@ -123,7 +132,8 @@ class BagRoIAlign(MultiScaleRoIAlign):
     """RoI align of every bag member's features, then volumetric attention over the bag (Table 2e "RCNN").
 
     Used in place of the box/mask ``MultiScaleRoIAlign`` when ``VABackbone.location == "roi"``: it reads the bag
-    features the backbone kept from the current forward and returns attended RoI features (R, C, s, s).
+    features from ``features["bag"]`` (level -> (B, N, C, h, w), target in the middle, as ``VABackbone.attend``
+    gives them) and returns attended RoI features (R, C, s, s).
     """
 
     def __init__(
@@ -131,24 +141,31 @@ class BagRoIAlign(MultiScaleRoIAlign):
         featmap_names: list[str],
         output_size: int,
         sampling_ratio: int,
-        backbone: VABackbone,
+        channels: int,
         channel: bool = True,
         spatial: bool = True,
     ) -> None:
         super().__init__(featmap_names, output_size, sampling_ratio)
-        self.attention = VolumetricAttention(2, backbone.out_channels, channel=channel, spatial=spatial)
-        object.__setattr__(self, "_backbone", backbone)  # a reference, not a submodule (no duplicated weights)
+        self.attention = VolumetricAttention(2, channels, channel=channel, spatial=spatial)
 
     def forward(self, features, proposals, image_shapes):
-        bag = self._backbone.bag_features
-        if bag is None:
-            raise RuntimeError("BagRoIAlign needs the bag features of the current forward: call the backbone first")
+        if "bag" not in features:
+            raise ValueError("BagRoIAlign reads features['bag'], which VABackbone.attend adds in location 'roi'")
+        bag = features["bag"]
         n = next(iter(bag.values())).shape[1]
         pooled = [
             super(BagRoIAlign, self).forward({k: v[:, i] for k, v in bag.items()}, proposals, image_shapes)
             for i in range(n)
         ]
-        return self.attention(torch.stack(pooled, dim=1), self._backbone.target_index)
+        return self.attention(torch.stack(pooled, dim=1), n // 2)
+
+
+class VAMaskRCNN(BagDetector, MaskRCNN):
+    """torchvision ``MaskRCNN`` on a :class:`VABackbone` (built by :func:`build_va_mask_rcnn`)."""
+
+
+class VAFasterRCNN(BagDetector, FasterRCNN):
+    """torchvision ``FasterRCNN`` on a :class:`VABackbone` (built by :func:`build_va_faster_rcnn`)."""
 
 
 def _resnet_fpn(backbone: str, backbone_weights: str | None, trainable_layers: int, frozen_batchnorm: bool | None):
@@ -198,9 +215,9 @@ def _build(
         ratios = ((0.5, 1.0, 2.0),) * len(anchor_sizes)
         kwargs["rpn_anchor_generator"] = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), ratios)
     if attention and location == "roi":
-        kwargs["box_roi_pool"] = BagRoIAlign(levels, 7, 2, va_backbone, channel, spatial)
-        if detector is MaskRCNN:
-            kwargs["mask_roi_pool"] = BagRoIAlign(levels, 14, 2, va_backbone, channel, spatial)
+        kwargs["box_roi_pool"] = BagRoIAlign(levels, 7, 2, va_backbone.out_channels, channel, spatial)
+        if detector is VAMaskRCNN:
+            kwargs["mask_roi_pool"] = BagRoIAlign(levels, 14, 2, va_backbone.out_channels, channel, spatial)
     return detector(
         va_backbone,
         num_classes=num_classes,
@@ -227,7 +244,7 @@ def build_va_mask_rcnn(
     frozen_batchnorm: bool | None = None,
     anchor_sizes: Sequence[int] | None = None,
     **kwargs,
-) -> MaskRCNN:
+) -> VAMaskRCNN:
     """VA Mask R-CNN for LiTS (sec. 3.2): classes background, liver, lesion; bag of 9 images (27 slices), 1024 px.
 
     ``attention=False`` is the baseline 2.5D Mask R-CNN (target image only) with the same input. ``backbone_weights``
@@ -240,7 +257,7 @@ def build_va_mask_rcnn(
     (e.g. ``box_detections_per_img``, ``rpn_batch_size_per_image``).
     """
     return _build(
-        MaskRCNN,
+        VAMaskRCNN,
         num_classes,
         bag_size,
         attention,
@@ -273,14 +290,14 @@ def build_va_faster_rcnn(
     frozen_batchnorm: bool | None = None,
     anchor_sizes: Sequence[int] | None = None,
     **kwargs,
-) -> FasterRCNN:
+) -> VAFasterRCNN:
     """VA Faster R-CNN-FPN (sec. 3.3, DeepLesion): bag of 3 images (9 slices), 512 px, ResNet-50.
 
     Same arguments and input format as :func:`build_va_mask_rcnn`; ``num_classes`` includes the background
     (2 for lesion vs background).
     """
     return _build(
-        FasterRCNN,
+        VAFasterRCNN,
         num_classes,
         bag_size,
         attention,

@@ -12,7 +12,6 @@ MONAI Label serves (inference.json's ``preprocessing`` / ``inferer`` / ``postpro
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,11 +22,11 @@ from monai.data import MetaTensor
 from monai.data.utils import affine_to_spacing
 from monai.inferers import Inferer
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
-from torchvision.models.detection.image_list import ImageList
 
 from shared.data.atomic import atomic_path
+from shared.engines.inferers.feature_cache import ImageFeatureCache
 from shared.engines.volume_io import load_volume, volume_name
-from shared.transforms.deeplesion import DeepLesionPreprocessing, LoadDeepLesionSampled
+from shared.transforms.deeplesion import DeepLesionPreprocessing, LoadDeepLesionSampled, rescale_factor
 
 # Slices are shown as DeepLesion's PNGs are (radiological view: rows anterior -> posterior, columns patient right ->
 # left), so the volume is reoriented to L, P and a z axis; we take z inferior-ward, assuming DeepLesion's slice
@@ -35,27 +34,8 @@ from shared.transforms.deeplesion import DeepLesionPreprocessing, LoadDeepLesion
 WORKING_AXCODES = ("L", "P", "I")
 
 
-def _stack_bag(features: Sequence) -> torch.Tensor | OrderedDict:
-    """Stack per-image features (tensors ``(D, h, w)`` or level dicts of them) along a new bag axis 0."""
-    if isinstance(features[0], dict):
-        return OrderedDict((k, torch.stack([f[k] for f in features])) for k in features[0])
-    return torch.stack(list(features))
-
-
-def _unbatch(features, index: int):
-    if isinstance(features, dict):
-        return OrderedDict((k, v[index]) for k, v in features.items())
-    return features[index]
-
-
-def _batch_bags(bags: Sequence) -> torch.Tensor | OrderedDict:
-    if isinstance(bags[0], dict):
-        return OrderedDict((k, torch.stack([b[k] for b in bags])) for k in bags[0])
-    return torch.stack(list(bags))
-
-
 class VolumeDetectionInferer:
-    """Detections on every axial slice of a volume with a per-image backbone feature cache.
+    """Detections on every axial slice of a volume with a per-image backbone feature cache (``ImageFeatureCache``).
 
     Args:
         preprocessing: 3DCE parameters (window, 2 mm context interval, 0.8 mm pixels, max size).
@@ -75,8 +55,8 @@ class VolumeDetectionInferer:
         self.batch_size = batch_size
         self.stats = {"images_requested": 0, "images_computed": 0}
 
-    def _image(self, volume: np.ndarray, positions: Sequence[float], pixel_spacing: float):
-        """Windowed, rescaled ``(3, H', W')`` image of the slices at fractional z ``positions``; and its scale."""
+    def _image(self, volume: np.ndarray, positions: Sequence[float], pixel_spacing: float) -> np.ndarray:
+        """Windowed, rescaled ``(3, H', W')`` image of the slices at fractional z ``positions``."""
         z = volume.shape[2]
         slices = []
         for pos in positions:
@@ -84,7 +64,7 @@ class VolumeDetectionInferer:
             lo = int(math.floor(pos))
             hi, frac = min(lo + 1, z - 1), pos - lo
             slices.append(((1.0 - frac) * volume[:, :, lo] + frac * volume[:, :, hi]).T)
-        return self.preprocessing.window_and_rescale(np.stack(slices).astype(np.float32), pixel_spacing)
+        return self.preprocessing.window_and_rescale(np.stack(slices).astype(np.float32), pixel_spacing)[0]
 
     @staticmethod
     def _positions(centre: float, step: float, num_slices: int) -> tuple[float, float, float]:
@@ -94,44 +74,33 @@ class VolumeDetectionInferer:
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module, volume: np.ndarray, spacing: Sequence[float]) -> list[dict]:
         model.eval()
-        backbone = model.backbone
         device = next(model.parameters()).device
-        sz = float(spacing[2])
-        step = self.preprocessing.slice_interval_mm / sz if math.isfinite(sz) and sz > 0 else 0.0
-        offsets = list(backbone.image_offsets)
+        pixel_spacing, sz = float(spacing[0]), float(spacing[2])
+        p = self.preprocessing
+        scale = rescale_factor((volume.shape[1], volume.shape[0]), pixel_spacing, p.spacing_mm, p.max_size)
+        step = p.slice_interval_mm / sz if math.isfinite(sz) and sz > 0 else 0.0
+        offsets = list(model.backbone.image_offsets)
         reach = (max(abs(c) for c in offsets) + 1) * step
-        cache: OrderedDict[tuple, object] = OrderedDict()
-        self.stats = {"images_requested": 0, "images_computed": 0}
-        results: list[dict] = []
         num_slices = volume.shape[2]
-        geometry = None  # (image list of one transformed image, preprocessed (H, W), scale)
+
+        def used_from(key: int):
+            """Whether an image (its z positions) lies within the reach of key slice ``key`` or a later one."""
+            return lambda pos: pos[1] >= key - reach - 1e-6
+
+        def load(positions: list[tuple[float, float, float]]) -> list[torch.Tensor]:
+            return [torch.from_numpy(self._image(volume, pos, pixel_spacing)).to(device) for pos in positions]
+
+        cache = ImageFeatureCache(model, load)
+        results: list[dict] = []
         for start in range(0, num_slices, self.batch_size):
             keys = list(range(start, min(start + self.batch_size, num_slices)))
-            bag_positions = [[self._positions(k + c * step, step, num_slices) for c in offsets] for k in keys]
-            missing = list(OrderedDict.fromkeys(p for bag in bag_positions for p in bag if p not in cache))
-            if missing:
-                images, scale = zip(*(self._image(volume, p, float(spacing[0])) for p in missing))
-                image_list, _ = model.transform([torch.from_numpy(im).to(device) for im in images])
-                feats = backbone.image_features(image_list.tensors)
-                for i, pos in enumerate(missing):
-                    cache[pos] = _unbatch(feats, i)
-                geometry = (image_list, images[0].shape[1:], scale[0])
-            self.stats["images_requested"] += sum(len(b) for b in bag_positions)
-            self.stats["images_computed"] += len(missing)
-            bags = _batch_bags([_stack_bag([cache[p] for p in bag]) for bag in bag_positions])
-            image_list, original_hw, scale = geometry
-            n = len(keys)
-            keys_list = ImageList(image_list.tensors[:1].expand(n, -1, -1, -1), [image_list.image_sizes[0]] * n)
-            features = backbone.attend(bags)
-            proposals, _ = model.rpn(keys_list, features)
-            detections, _ = model.roi_heads(features, proposals, keys_list.image_sizes)
-            detections = model.transform.postprocess(detections, keys_list.image_sizes, [tuple(original_hw)] * n)
+            bags = cache.bags([[self._positions(k + c * step, step, num_slices) for c in offsets] for k in keys])
+            features = model.backbone.attend(bags.features)
+            _, detections = model.detect(bags.images, features, bags.original_image_sizes)
             for det in detections:
                 results.append({k: v.cpu() for k, v in det.items()} | {"boxes": det["boxes"].cpu() / scale})
-            # drop images no later key slice can use (their centre lies below the next key slice's reach)
-            lowest = keys[-1] + 1 - reach - 1e-6
-            for pos in [p for p in cache if p[1] < lowest]:
-                del cache[pos]
+            cache.retain(used_from(keys[-1] + 1))  # drop images no later key slice can use
+        self.stats = {"images_requested": cache.images_requested, "images_computed": cache.images_computed}
         return results
 
 

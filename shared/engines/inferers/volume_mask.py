@@ -5,26 +5,25 @@ only inside the predicted liver ("the logical AND of the predicted liver and les
 ``Inferer`` taking a whole preprocessed volume and returning a label volume on the same grid, a bundle's
 ``SupervisedEvaluator``, ``Invertd`` and ``SaveImaged`` work unchanged.
 
-Feature cache: a 2.5D image (3 adjacent slices) belongs to the bags of N target slices (those 0, 3, 6, ... slices
-away), so its FPN features (before VA) are computed once and reused. Targets are visited in three interleaved passes
-(slices 0, 3, 6, ..., then 1, 4, 7, ..., then 2, 5, 8, ...): consecutive targets of a pass share N - 1 images, so
-the cache only ever holds the N images of one bag, sliding along z. Without the cache every bag runs the backbone on
-its N images, N times the backbone work.
+Feature cache (:class:`~shared.engines.inferers.feature_cache.ImageFeatureCache`): a 2.5D image (3 adjacent slices)
+belongs to the bags of N target slices (those 0, 3, 6, ... slices away), so its FPN features (before VA) are computed
+once and reused. Targets are visited in three interleaved passes (slices 0, 3, 6, ..., then 1, 4, 7, ..., then 2, 5,
+8, ...): consecutive targets of a pass share N - 1 images, so the cache only ever holds the N images of one bag,
+sliding along z. Without the cache every bag runs the backbone on its N images, N times the backbone work.
 """
-
-from collections import OrderedDict
 
 import torch
 from monai.inferers import Inferer
 from torch import nn
 
+from shared.engines.inferers.feature_cache import ImageFeatureCache
 from shared.transforms.slice_bags import bag_slice_indices, image_slice_indices
 
 LITS_CLASSES = {"liver": 1, "lesion": 2}
 
 
 class VolumeMaskInferer(Inferer):
-    """Run a 2.5D detector with masks (torchvision ``MaskRCNN`` with a ``VABackbone``) on every axial slice.
+    """Run a 2.5D detector with masks (``shared.networks.va_rcnn.VAMaskRCNN``) on every axial slice of volumes.
 
     Args:
         score_threshold: detections scoring below are ignored.
@@ -78,33 +77,27 @@ class VolumeMaskInferer(Inferer):
         return detections
 
     def _volume_cached(self, volume: torch.Tensor, network) -> list[dict]:
-        depth, h, w = volume.shape
-        backbone = network.backbone
-        offsets = backbone.image_offsets
+        depth = volume.shape[0]
+        offsets = network.backbone.image_offsets
         stride = min((b - a for a, b in zip(offsets, offsets[1:])), default=1)
         detections: list[dict | None] = [None] * depth
 
         def image_keys(target: int) -> list[tuple[int, ...]]:
             return [tuple(image_slice_indices(target + o, depth).tolist()) for o in offsets]
 
+        def load(keys: list[tuple[int, ...]]) -> list[torch.Tensor]:
+            return [volume[list(key)] for key in keys]
+
         for start in range(stride):
-            cache: OrderedDict[tuple[int, ...], OrderedDict[str, torch.Tensor]] = OrderedDict()
+            # one image at a time: a pass's first bag needs N images, batching them would raise the peak memory
+            cache = ImageFeatureCache(network, load, chunk_size=1)
             for target in range(start, depth, stride):
-                keys = image_keys(target)
-                # one image at a time: a pass's first bag needs N images, batching them would raise the peak memory
-                for key in OrderedDict.fromkeys(k for k in keys if k not in cache):
-                    images, _ = network.transform([volume[list(key)]])
-                    cache[key] = OrderedDict((lvl, f[0]) for lvl, f in backbone.image_features(images.tensors).items())
-                    self.images_computed += 1
-                    geometry = images
-                bag = OrderedDict((lvl, torch.stack([cache[k][lvl] for k in keys])[None]) for lvl in cache[keys[0]])
-                target_features = backbone.attend(bag)
-                proposals, _ = network.rpn(geometry, target_features)
-                dets, _ = network.roi_heads(target_features, proposals, geometry.image_sizes)
-                detections[target] = network.transform.postprocess(dets, geometry.image_sizes, [(h, w)])[0]
-                needed = set(image_keys(target + stride))
-                for key in [k for k in cache if k not in needed]:
-                    del cache[key]
+                bags = cache.bags([image_keys(target)])
+                features = network.backbone.attend(bags.features)
+                _, found = network.detect(bags.images, features, bags.original_image_sizes)
+                detections[target] = found[0]
+                cache.retain(set(image_keys(target + stride)).__contains__)
+            self.images_computed += cache.images_computed
         return detections
 
     @torch.no_grad()
