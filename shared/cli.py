@@ -75,11 +75,7 @@ def evaluate(dataset: str, pred_dir: str, ref_dir: str, out_csv: str | None = No
     except TypeError as err:
         print(f"cannot evaluate {dataset} with options {options}: {err}", file=sys.stderr)
         sys.exit(2)
-    try:
-        table = module.evaluate_dir(pred_dir, ref_dir, **options)
-    except ValueError as err:
-        print(f"cannot evaluate {dataset}: {err}", file=sys.stderr)
-        sys.exit(1)
+    table = module.evaluate_dir(pred_dir, ref_dir, **options)
     print(table.to_text())
     if out_csv:
         print(f"wrote {table.write_csv(out_csv)}")
@@ -101,13 +97,9 @@ def show(
     """
     from shared.visualize import save_overlay_png_from_files
 
-    try:
-        out = save_overlay_png_from_files(
-            image, label, pred, out_png, num_slices=num_slices, window=tuple(window), class_names=class_names
-        )
-    except ValueError as err:
-        print(f"cannot draw: {err}", file=sys.stderr)
-        sys.exit(1)
+    out = save_overlay_png_from_files(
+        image, label, pred, out_png, num_slices=num_slices, window=tuple(window), class_names=class_names
+    )
     print(f"wrote {out}")
 
 
@@ -135,16 +127,25 @@ def verify(bundle_dir: str) -> None:
     print(f"{bundle_dir}: weights match large_files.yml")
 
 
+# Raised for problems with what the user gave (a missing or unreadable file, a wrong value; DatasetError and
+# PackError are ValueErrors): `main` reports them in one line. Any other exception is a bug and keeps its traceback.
+INPUT_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError)
+
+
 def main() -> None:
-    fire.Fire(
-        {
-            "phantoms": phantoms,
-            "validate": validate,
-            "datalist": datalist,
-            "evaluate": evaluate,
-            "show": show,
-            "pack": pack,
-            "verify": verify,
-        },
-        name="python -m shared",
-    )
+    try:
+        fire.Fire(
+            {
+                "phantoms": phantoms,
+                "validate": validate,
+                "datalist": datalist,
+                "evaluate": evaluate,
+                "show": show,
+                "pack": pack,
+                "verify": verify,
+            },
+            name="python -m shared",
+        )
+    except INPUT_ERRORS as err:
+        print(f"{' '.join(['python -m shared', *sys.argv[1:2]])}: {err}", file=sys.stderr)
+        sys.exit(1)

@@ -9,6 +9,7 @@ any working directory without this repository.
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -25,8 +26,8 @@ BUNDLE_ITEMS = ("configs", "docs", "LICENSE")
 HASH_TYPE = "sha256"
 
 
-class PackError(RuntimeError):
-    """A bundle cannot be packed (missing weights, metadata without a changelog entry, ...)."""
+class PackError(ValueError):
+    """A bundle cannot be packed because of its input (missing weights, metadata without a changelog entry, ...)."""
 
 
 def file_hash(path: Path, hash_type: str = HASH_TYPE) -> str:
@@ -77,8 +78,29 @@ def _export_torchscript(bundle_dir: Path, ckpt: Path, out_ts: Path) -> str | Non
     if result.returncode == 0 and out_ts.is_file():
         return None
     out_ts.unlink(missing_ok=True)
-    lines = (result.stderr or result.stdout).strip().splitlines()
-    return lines[-1] if lines else f"exit code {result.returncode}"
+    return error_summary(result.stderr + result.stdout) or f"exit code {result.returncode}"
+
+
+def error_summary(output: str) -> str:
+    """The exception that ended OUTPUT (a process's stderr) as one line: ``Type: first message line (file:line)``.
+
+    TorchScript errors leave the type line empty and put the message, then the quoted source, on the lines below;
+    the location is the first ``File "...", line N`` after the message. Without a traceback: the last line.
+    """
+    lines = output.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if not starts:
+        return next((line.strip() for line in reversed(lines) if line.strip()), "")
+    after = lines[starts[-1] + 1 :]
+    exc = next((i for i, line in enumerate(after) if line and not line[0].isspace()), None)
+    if exc is None:
+        return ""
+    kind, _, message = after[exc].partition(": ")
+    rest = [line.strip() for line in after[exc + 1 :] if line.strip()]
+    message = (message.strip() or next((line for line in rest if not line.startswith("File ")), "")).rstrip(":")
+    place = next((re.match(r'File "([^"]+)", line (\d+)', line) for line in rest if line.startswith("File ")), None)
+    where = f" ({Path(place[1]).name}:{place[2]})" if place else ""
+    return f"{kind.strip()}: {message}{where}" if message else kind.strip() + where
 
 
 def pack_bundle(
@@ -127,7 +149,7 @@ def pack_bundle(
         if torchscript:
             reason = _export_torchscript(stage, models / "model.pt", models / "model.ts")
             if reason:
-                print(f"{name}: no TorchScript model ({reason})", file=sys.stderr)
+                print(f"{name}: packed without models/model.ts, TorchScript export failed: {reason}", file=sys.stderr)
         large_files = [
             {
                 "path": f"models/{weights.name}",
