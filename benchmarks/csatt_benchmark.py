@@ -63,7 +63,8 @@ def loader_throughput(num_samples: int, image_size: int) -> dict:
     """Samples per second from PNGs (no cache) and from a warm ``.npz`` cache, on phantom DeepLesion."""
     import warnings
 
-    from shared.data.deeplesion import make_datalist, make_phantoms
+    from shared.data.deeplesion import make_datalist
+    from shared.phantoms.deeplesion import make_phantoms
     from shared.transforms.deeplesion import LoadDeepLesionSampled
 
     with tempfile.TemporaryDirectory() as tmp:

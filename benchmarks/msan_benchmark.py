@@ -26,8 +26,9 @@ from monai.transforms import (
     ScaleIntensityRanged,
 )
 
-from shared.data.kits19 import make_datalist, make_phantoms
+from shared.data.kits19 import make_datalist
 from shared.networks.msan import MSAN
+from shared.phantoms.kits19 import make_phantoms
 
 VARIANTS = [("3D U-Net", "unet", False), ("MSAN-V1", "v1", False), ("MSAN-V1+DS", "v1", True)]
 VARIANTS += [("MSAN-V2", "v2", False), ("MSAN-V2+DS", "v2", True)]

@@ -117,7 +117,7 @@ def inference_benchmarks(args) -> None:
 def pipeline_benchmark(args) -> None:
     from monai.bundle import ConfigParser
 
-    from shared.data.lits import make_phantoms
+    from shared.phantoms.lits import make_phantoms
     from shared.transforms.slice_bags import SliceBagd
     from shared.transforms.volume_cache import to_slice_first
 

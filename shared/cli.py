@@ -19,7 +19,7 @@ def phantoms(dataset: str, out_dir: str, num_cases: int | None = None, seed: int
     """
     from shared.data import dataset_module
 
-    module = dataset_module(dataset)
+    module = dataset_module(dataset, "shared.phantoms")
     kwargs = {"seed": seed, **size} if num_cases is None else {"seed": seed, "num_cases": num_cases, **size}
     root = module.make_phantoms(out_dir, **kwargs)
     print(f"wrote {dataset} phantoms to {root}")
@@ -38,15 +38,26 @@ def validate(dataset: str, root: str) -> None:
     print(f"{dataset} root {root} is valid")
 
 
-def datalist(dataset: str, root: str, out_json: str, seed: int = 0, fold: int = 0) -> None:
-    """Write the MONAI datalist (training/validation/test with the papers' splits) of a DATASET ROOT to OUT_JSON."""
+def datalist(dataset: str, root: str, out_json: str, **split) -> None:
+    """Write the MONAI datalist (training/validation/test with the papers' splits) of a DATASET ROOT to OUT_JSON.
+
+    SPLIT options go to the dataset's ``make_datalist`` (lits: --seed 0 --fold 0 pick the validation quarter; the
+    KiTS19 and DeepLesion splits are fixed).
+    """
+    import inspect
+
     from shared.data import dataset_module
     from shared.data.atomic import atomic_path
     from shared.data.validation import DatasetError, ensure_valid
 
     try:
         ensure_valid(dataset, root)
-        data = dataset_module(dataset).make_datalist(root, seed=seed, fold=fold)
+        make_datalist = dataset_module(dataset).make_datalist
+        try:
+            inspect.signature(make_datalist).bind(root, **split)
+        except TypeError as err:
+            raise ValueError(f"{dataset} datalist options {split}: {err}") from err
+        data = make_datalist(root, **split)
     except DatasetError as err:
         print(f"cannot build the {dataset} datalist of {root}:\n{err}", file=sys.stderr)
         sys.exit(1)
@@ -67,9 +78,9 @@ def evaluate(dataset: str, pred_dir: str, ref_dir: str, out_csv: str | None = No
     """
     import inspect
 
-    from shared.metrics import metrics_module
+    from shared.data import dataset_module
 
-    module = metrics_module(dataset)
+    module = dataset_module(dataset, "shared.metrics")
     try:
         inspect.signature(module.evaluate_dir).bind(pred_dir, ref_dir, **options)
     except TypeError as err:

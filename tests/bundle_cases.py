@@ -13,7 +13,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def _kits_studies(work: Path, studies: Path) -> Path:
     """KiTS19 phantoms (the training root) copied as `<case>.nii.gz` + `labels/final/<case>.nii.gz` into STUDIES."""
-    from shared.data import kits19
+    from shared.phantoms import kits19
 
     root = kits19.make_phantoms(work / "kits19", num_cases=5, seed=0, shape=(16, 48, 48))
     for case in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -24,7 +24,7 @@ def _kits_studies(work: Path, studies: Path) -> Path:
 
 def _lits_studies(work: Path, studies: Path) -> Path:
     """LiTS phantoms (the training root) copied as `<volume>.nii` + `labels/final/<volume>.nii` into STUDIES."""
-    from shared.data import lits
+    from shared.phantoms import lits
 
     root = lits.make_phantoms(work / "lits", num_cases=4, seed=0, shape=(48, 48, 16), num_test=0)
     for volume in sorted(root.glob("volume-*.nii")):
@@ -36,7 +36,7 @@ def _lits_studies(work: Path, studies: Path) -> Path:
 
 def _deeplesion_studies(work: Path, studies: Path) -> Path:
     """DeepLesion phantoms (PNG slices: the training root) and one KiTS19 phantom CT volume in STUDIES to detect on."""
-    from shared.data import deeplesion, kits19
+    from shared.phantoms import deeplesion, kits19
 
     kits = kits19.make_phantoms(work / "kits19", num_cases=3, seed=0, shape=(16, 48, 48))
     case = sorted(p for p in kits.iterdir() if p.is_dir())[0]

@@ -8,12 +8,13 @@ import pytest
 
 from shared.data import kits19, nifti_checks
 from shared.data.check_cache import CheckCache, default_path
+from shared.phantoms import kits19 as kits19_phantoms
 
 
 @pytest.fixture
 def root(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    return kits19.make_phantoms(tmp_path / "kits19", num_cases=3, shape=(8, 24, 24))
+    return kits19_phantoms.make_phantoms(tmp_path / "kits19", num_cases=3, shape=(8, 24, 24))
 
 
 def _no_reads(monkeypatch):

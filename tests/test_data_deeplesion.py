@@ -13,6 +13,7 @@ from PIL import Image
 
 from shared.data import deeplesion
 from shared.data.validation import DatasetError
+from shared.phantoms import deeplesion as deeplesion_phantoms
 
 REAL_COLUMNS = (  # the header of the real DL_info.csv, in order
     "File_name,Patient_index,Study_index,Series_ID,Key_slice_index,Measurement_coordinates,Bounding_boxes,"
@@ -24,7 +25,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def phantom_root(tmp_path_factory) -> Path:
-    return deeplesion.make_phantoms(tmp_path_factory.mktemp("deeplesion"), num_cases=6, image_size=SIZE)
+    return deeplesion_phantoms.make_phantoms(tmp_path_factory.mktemp("deeplesion"), num_cases=6, image_size=SIZE)
 
 
 @pytest.fixture
@@ -94,8 +95,8 @@ def test_phantom_png_encoding(phantom_root):
 
 
 def test_phantoms_reproducible(tmp_path, phantom_root):
-    again = deeplesion.make_phantoms(tmp_path / "a", num_cases=6, image_size=SIZE)
-    other = deeplesion.make_phantoms(tmp_path / "b", num_cases=6, seed=1, image_size=SIZE)
+    again = deeplesion_phantoms.make_phantoms(tmp_path / "a", num_cases=6, image_size=SIZE)
+    other = deeplesion_phantoms.make_phantoms(tmp_path / "b", num_cases=6, seed=1, image_size=SIZE)
     assert (again / "DL_info.csv").read_bytes() == (phantom_root / "DL_info.csv").read_bytes()
     assert (other / "DL_info.csv").read_bytes() != (phantom_root / "DL_info.csv").read_bytes()
     files = sorted(p.relative_to(phantom_root) for p in phantom_root.rglob("*.png"))

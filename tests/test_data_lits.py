@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 
 from shared.data import lits
+from shared.phantoms import lits as lits_phantoms
 
 SHAPE = (40, 40, 24)  # (rows, cols, slices at 1.5 mm)
 
 
 @pytest.fixture(scope="module")
 def phantom_root(tmp_path_factory) -> Path:
-    return lits.make_phantoms(tmp_path_factory.mktemp("lits"), num_cases=3, shape=SHAPE, num_test=1)
+    return lits_phantoms.make_phantoms(tmp_path_factory.mktemp("lits"), num_cases=3, shape=SHAPE, num_test=1)
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def test_phantom_layout_dtypes_orientation_and_thickness(phantom_root):
         thicknesses.append(thickness)
         assert image.shape[2] == round(SHAPE[2] * 1.5 / thickness)  # same z extent, slice count follows thickness
         assert set(np.unique(np.asanyarray(label.dataobj))) <= {0, 1, 2}
-    assert thicknesses == pytest.approx([0.7, 5.0, 1.0])  # PHANTOM_THICKNESSES_MM from seed 0: thin and thick slices
+    assert thicknesses == pytest.approx([0.7, 5.0, 1.0])  # THICKNESSES_MM from seed 0: thin and thick slices
 
 
 def test_phantom_anatomy_after_reorientation_to_ras(phantom_root):
@@ -63,8 +64,8 @@ def test_phantom_anatomy_after_reorientation_to_ras(phantom_root):
 
 
 def test_phantoms_reproducible(tmp_path, phantom_root):
-    again = lits.make_phantoms(tmp_path / "a", num_cases=2, shape=SHAPE, num_test=1)
-    other = lits.make_phantoms(tmp_path / "b", num_cases=2, seed=1, shape=SHAPE, num_test=0)
+    again = lits_phantoms.make_phantoms(tmp_path / "a", num_cases=2, shape=SHAPE, num_test=1)
+    other = lits_phantoms.make_phantoms(tmp_path / "b", num_cases=2, seed=1, shape=SHAPE, num_test=0)
     for name in ("volume-1.nii", "segmentation-1.nii", "test-volume-0.nii"):
         assert (again / name).read_bytes() == (phantom_root / name).read_bytes()
     assert (other / "volume-1.nii").read_bytes() != (phantom_root / "volume-1.nii").read_bytes()

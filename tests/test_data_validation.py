@@ -4,6 +4,7 @@ import pytest
 
 from shared.data import kits19
 from shared.data.validation import DatasetError, ensure_valid
+from shared.phantoms import kits19 as kits19_phantoms
 
 
 @pytest.mark.parametrize("dataset", ["kits19", "lits", "deeplesion"])
@@ -23,7 +24,7 @@ def test_missing_root_names_it(tmp_path):
 
 
 def test_valid_root_passes_and_problems_are_listed_one_per_line(tmp_path):
-    root = kits19.make_phantoms(tmp_path / "kits19", num_cases=3, shape=(8, 24, 24))
+    root = kits19_phantoms.make_phantoms(tmp_path / "kits19", num_cases=3, shape=(8, 24, 24))
     assert ensure_valid("kits19", root) is None
     (root / "case_00000" / kits19.LABEL).unlink()
     (root / "case_00180" / kits19.IMAGE).write_bytes(b"not a nifti")

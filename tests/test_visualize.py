@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from shared import visualize
-from shared.data.phantom_ct import nifti, reorient
 from shared.metrics.deeplesion import froc
+from shared.phantoms.ct import nifti, reorient
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 

@@ -1,4 +1,5 @@
-"""DeepLesion (Yan et al. 2018): layout, DL_info.csv parsing, key-slice datalist, validation, phantoms.
+"""DeepLesion (Yan et al. 2018): its facts (layout, HU offset, split codes, lesion types), DL_info.csv parsing,
+validation and the key-slice datalist.
 
 Layout of a root::
 
@@ -17,19 +18,21 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from shared.data import phantom_ct
-from shared.data.atomic import atomic_path
 from shared.data.validation import DatasetError, root_problem
 
 CSV_NAME, IMAGES = "DL_info.csv", "Images_png"
 HU_OFFSET = 32768
+"""The PNGs store HU + HU_OFFSET as uint16."""
 SPLITS = {1: "training", 2: "validation", 3: "test"}
+"""``Train_Val_Test`` code -> datalist split (the official split, per patient)."""
+_SPLIT_ALIASES = {"train": "training", "val": "validation"}
+UNKNOWN_LESION_TYPE = -1
+"""``Coarse_lesion_type`` of the rows without a type (all training rows of the real DL_info.csv)."""
 LESION_TYPES = {
-    -1: "unknown",
+    UNKNOWN_LESION_TYPE: "unknown",
     1: "bone",
     2: "abdomen",
     3: "mediastinum",
@@ -39,7 +42,19 @@ LESION_TYPES = {
     7: "soft tissue",
     8: "pelvis",
 }
+"""``Coarse_lesion_type`` code -> lesion type."""
+LESION_TYPE_ABBREVIATIONS = {1: "BN", 2: "AB", 3: "ME", 4: "LV", 5: "LU", 6: "KD", 7: "ST", 8: "PV"}
+"""``Coarse_lesion_type`` code -> the abbreviation of the DeepLesion and CS-Att papers (none for unknown)."""
 _FILE_NAME = re.compile(r"(\d+)_(\d+)_(\d+)_(\d+)\.png")
+
+
+def split_code(split: str) -> int:
+    """``Train_Val_Test`` code of a split: ``training`` (or ``train``), ``validation`` (or ``val``) or ``test``."""
+    codes = {name: code for code, name in SPLITS.items()}
+    name = _SPLIT_ALIASES.get(split, split)
+    if name not in codes:
+        raise ValueError(f"unknown split {split!r}: choose one of {', '.join([*codes, *_SPLIT_ALIASES])}")
+    return codes[name]
 
 
 def _numbers(count: int, kind: type):
@@ -190,7 +205,9 @@ def _check_key_png(path: Path, size: list[int], where: str) -> str | None:
     except Exception as err:  # noqa: BLE001 - any reader failure is reported, never raised
         return f"{path}: unreadable PNG ({type(err).__name__}: {err}), the key slice of {where}; restore it"
     if mode not in ("I;16", "I;16B", "I"):
-        return f"{path}: mode {mode}, expected a 16-bit grey PNG (HU + 32768), the key slice of {where}; restore it"
+        return (
+            f"{path}: mode {mode}, expected a 16-bit grey PNG (HU + {HU_OFFSET}), the key slice of {where}; restore it"
+        )
     if actual != size:
         return f"{path}: size {actual[0]}x{actual[1]} differs from Image_size {size[0]}x{size[1]} of {where}"
     return None
@@ -245,17 +262,16 @@ def validate(root) -> list[str]:
     return problems
 
 
-def make_datalist(root, seed: int = 0, fold: int = 0) -> dict:
+def make_datalist(root) -> dict:
     """MONAI datalist of a DeepLesion root: one entry per key slice (rows grouped by File_name), rows with
     ``Possibly_noisy == 1`` removed (3DCE, CS-Att sec. 3), split by ``Train_Val_Test`` (the official patient-level
-    split, so ``seed`` and ``fold`` change nothing).
+    split).
 
     Entry: ``{"image": series folder, "key_slice", "slice_range": [first, last], "boxes": [[x1, y1, x2, y2], ...]
     0-based float pixels (DL_info.csv's 1-based minus 1), "lesion_types", "diameters_mm": [[long, short], ...]
     (pixels times the x pixel spacing), "spacing": [sx, sy, slice interval], "image_size": [w, h], "file_name",
     "series"}``.
     """
-    del seed, fold
     root = Path(root).resolve()
     groups: dict[str, list[dict]] = defaultdict(list)
     for row in read_annotations(root):
@@ -281,172 +297,3 @@ def make_datalist(root, seed: int = 0, fold: int = 0) -> dict:
             }
         )
     return data
-
-
-# ----------------------------------------------------------------------------------------------------- phantoms
-
-_SITE_TYPES = {"liver": 4, "kidney": 6, "spleen": 2, "abdomen": 2, "bone": 1, "soft_tissue": 7}
-_SITE_WEIGHTS = {"liver": 0.25, "kidney": 0.15, "spleen": 0.05, "abdomen": 0.3, "bone": 0.1, "soft_tissue": 0.15}
-_WINDOWS = [(-175, 275), (-160, 240), (-135, 215), (-150, 250), (-1350, 150), (-500, 1300)]
-_INTERVALS_MM = (1.0, 1.25, 2.0, 2.5, 3.0, 5.0)
-DEMO_NUM_CASES = 12
-DEMO_IMAGE_SIZE = 128
-
-
-def _recist(mask: np.ndarray) -> tuple[list[float], float, float]:
-    """RECIST of a 2D lesion mask (rows, cols): long-axis endpoints (longest chord between pixel centres), then the
-    longest chord perpendicular to it; returns 1-based (x1, y1, x2, y2, x3, y3, x4, y4) and both lengths (px)."""
-    points = np.argwhere(mask)[:, ::-1].astype(float)  # (x, y) = (col, row)
-    dist = np.linalg.norm(points[:, None] - points[None], axis=-1)
-    i, j = np.unravel_index(np.argmax(dist), dist.shape)
-    p, q = points[i], points[j]
-    long = float(dist[i, j])
-    if long == 0:
-        return [*(p + 1), *(q + 1), *(p + 1), *(q + 1)], 0.0, 0.0
-    u = (q - p) / long
-    v = np.array([-u[1], u[0]])
-    along, across = np.rint((points - p) @ u), (points - p) @ v
-    best = (0.0, p, p)
-    for t in np.unique(along):
-        sel = np.flatnonzero(along == t)
-        lo, hi = sel[np.argmin(across[sel])], sel[np.argmax(across[sel])]
-        if across[hi] - across[lo] > best[0]:
-            best = (float(across[hi] - across[lo]), points[lo], points[hi])
-    return [*(p + 1), *(q + 1), *(best[1] + 1), *(best[2] + 1)], long, best[0]
-
-
-def _patients(num_cases: int) -> list[tuple[int, int]]:
-    """(patient, study) per series: patients 1..P with a first study, the rest second studies of patients P, P-1,
-    ... (the validation and test patients come last, so they get two series when there are enough)."""
-    num_patients = max(3, math.ceil(num_cases * 2 / 3))
-    return [(i + 1, 1) if i < num_patients else (2 * num_patients - i, 2) for i in range(num_cases)]
-
-
-def _split_of(patient: int, num_patients: int) -> int:
-    """Official-style patient split, ~70/15/15 with at least one validation and one test patient."""
-    n_small = max(1, round(0.15 * num_patients))
-    if patient > num_patients - n_small:
-        return 3
-    return 2 if patient > num_patients - 2 * n_small else 1
-
-
-def _series_rows(rng, root: Path, patient: int, study: int, split: int, image_size, seed: int) -> list[dict]:
-    """Render one phantom series, write its PNG slices, return its DL_info rows (values per column)."""
-    patient_rng = np.random.default_rng([seed, 1_000_000 + patient])
-    anatomy = phantom_ct.sample_anatomy(patient_rng)  # the same body in every study of a patient
-    gender, age = ("M", "F")[int(patient_rng.integers(2))], int(patient_rng.integers(25, 86))
-    width, height = image_size
-    pixel = 2 * anatomy.body.radii[0] * rng.uniform(1.1, 1.3) / width
-    interval = float(rng.choice(_INTERVALS_MM))
-    num_slices, first = int(rng.integers(20, 41)), int(rng.integers(1, 80))
-    last, z_center = first + num_slices - 1, rng.uniform(-60, 90)
-    z_of = lambda number: z_center + ((num_slices - 1) / 2 - (number - first)) * interval  # noqa: E731 - numbers go down
-    keys = [first + num_slices // 2 + int(rng.integers(-2, 3))]
-    if rng.random() < 0.3:
-        keys = [first + num_slices // 3, first + 2 * num_slices // 3]
-    half = max(2, round(rng.uniform(25, 35) / interval))
-    placed: list[phantom_ct.Lesion] = []
-    for key in keys:
-        for _ in range(int(rng.integers(1, 4))):
-            diameter = rng.uniform(*[(6, 15), (15, 30), (30, 60)][rng.choice(3, p=[0.45, 0.35, 0.2])])
-            sites = rng.choice(
-                list(_SITE_WEIGHTS), size=len(_SITE_WEIGHTS), replace=False, p=list(_SITE_WEIGHTS.values())
-            )
-            for site in sites:
-                request = phantom_ct.LesionRequest(
-                    str(site), min(diameter, 25) if site == "bone" else diameter, z_of(key)
-                )
-                lesion = phantom_ct.place_lesion(rng, anatomy, request, placed)
-                if lesion is not None:
-                    placed.append(lesion)
-                    break
-    case = phantom_ct.make_abdomen(
-        rng, (width, height, num_slices), (pixel, pixel, interval), z_center, placed, anatomy
-    )
-    series = f"{patient:06d}_{study:02d}_{1:02d}"
-    pngs = (phantom_ct.to_hu_int16(case.hu).astype(np.int32) + HU_OFFSET).astype(np.uint16)
-    for number in range(first, last + 1):
-        k = num_slices - 1 - (number - first)  # RAS z index: slice numbers increase toward the feet
-        with atomic_path(root / IMAGES / series / f"{number:03d}.png") as tmp:
-            Image.fromarray(pngs[::-1, ::-1, k].T.copy()).save(tmp, format="PNG")  # rows -> P, cols -> L
-    window = _WINDOWS[int(rng.integers(len(_WINDOWS)))]
-    rows = []
-    for key in keys:
-        k = num_slices - 1 - (key - first)
-        on_key = [i for i, lesion in enumerate(case.lesion_list) if abs(lesion.shape.center[2] - z_of(key)) < 1e-6]
-        for order, i in enumerate(on_key):
-            mask = case.lesions[::-1, ::-1, k].T == i + 1
-            if mask.sum() < 2:
-                continue
-            coords, long, short = _recist(mask)
-            rr, cc = np.nonzero(mask)
-            box = [cc.min() + 1.0, rr.min() + 1.0, cc.max() + 1.0, rr.max() + 1.0]
-            noisy = int(order > 0 and rng.random() < 0.35)
-            if noisy:  # a wrong annotation: the marks are shifted off the lesion, staying inside the image
-                shift = rng.uniform(-8, 8, 2)
-                shift = np.clip(shift, [1 - box[0], 1 - box[1]], [width - box[2], height - box[3]])
-                box = [box[0] + shift[0], box[1] + shift[1], box[2] + shift[0], box[3] + shift[1]]
-                coords = [c + shift[n % 2] for n, c in enumerate(coords)]
-            site = case.lesion_list[i].site
-            rows.append(
-                {
-                    "File_name": f"{series}_{key:03d}.png",
-                    "Patient_index": patient,
-                    "Study_index": study,
-                    "Series_ID": 1,
-                    "Key_slice_index": key,
-                    "Measurement_coordinates": coords,
-                    "Bounding_boxes": box,
-                    "Lesion_diameters_Pixel_": [long, short],
-                    "Normalized_lesion_location": [
-                        (cc.mean() + 1) / width,
-                        (rr.mean() + 1) / height,
-                        float(np.clip((150 - z_of(key)) / 400, 0, 1)),
-                    ],
-                    "Coarse_lesion_type": -1 if split == 1 else _SITE_TYPES[site],  # real train rows are untyped
-                    "Possibly_noisy": noisy,
-                    "Slice_range": [max(first, key - half), min(last, key + half)],
-                    "Spacing_mm_px_": [pixel, pixel, interval],
-                    "Image_size": [width, height],
-                    "DICOM_windows": list(window),
-                    "Patient_gender": gender,
-                    "Patient_age": age,
-                    "Train_Val_Test": split,
-                }
-            )
-    return rows
-
-
-def _csv_text(value) -> str:
-    if isinstance(value, list):
-        return ", ".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in value)
-    return f"{value:.6g}" if isinstance(value, float) else str(value)
-
-
-def make_phantoms(out_dir, num_cases: int = DEMO_NUM_CASES, seed: int = 0, image_size=DEMO_IMAGE_SIZE) -> Path:
-    """Write ``num_cases`` phantom series (Images_png) and their DL_info.csv in the DeepLesion layout; return root.
-
-    Each series has 20-40 axial slices of ``image_size`` pixels (int or (w, h); the body is ~300 mm wide), a slice
-    interval of 1-5 mm, one or two key slices with 1-3 lesions each (liver, kidney, spleen, abdomen, bone, soft
-    tissue, of 6-60 mm), some extra lesions per key slice flagged ``Possibly_noisy`` with shifted marks. Patients
-    (about 2 series per 3; the rest are second studies) are split ~70/15/15, every split populated. PNG rows run
-    anterior -> posterior, columns patient right -> left (radiological view), slice numbers head -> feet. Boxes are
-    the tight 1-based pixel boxes of each lesion on its key slice. The same seed gives byte-identical files.
-    """
-    if num_cases < 3:
-        raise ValueError(f"num_cases must be >= 3 to populate the train, val and test splits, got {num_cases}")
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    root = Path(out_dir)
-    series = _patients(num_cases)
-    num_patients = max(p for p, _ in series)
-    rows = []
-    for index, (patient, study) in enumerate(tqdm(series, desc="deeplesion phantoms", unit="series", disable=None)):
-        split = _split_of(patient, num_patients)
-        rows += _series_rows(np.random.default_rng([seed, index]), root, patient, study, split, size, seed)
-    with atomic_path(root / CSV_NAME) as tmp:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(COLUMNS)
-            for row in sorted(rows, key=lambda r: r["File_name"]):
-                writer.writerow([_csv_text(row[c]) for c in COLUMNS])
-    return root

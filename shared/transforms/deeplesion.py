@@ -35,10 +35,9 @@ from monai.transforms import MapTransform, Resize, ScaleIntensityRange
 from PIL import Image
 
 from shared.data.atomic import atomic_path
+from shared.data.deeplesion import HU_OFFSET
 
 logger = logging.getLogger(__name__)
-
-HU_OFFSET = 32768  # DeepLesion PNGs store HU + 32768 as uint16
 
 
 @lru_cache(maxsize=4096)

@@ -4,8 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from shared.data import phantom_ct
-from shared.data.phantom_ct import ORGAN, Ellipsoid, LesionRequest
+from shared.phantoms import ct as phantom_ct
+from shared.phantoms.ct import ORGAN, Ellipsoid, LesionRequest
 
 SHAPE, SPACING = (64, 64, 24), (5.0, 5.0, 8.0)
 
