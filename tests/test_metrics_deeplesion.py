@@ -241,7 +241,7 @@ def test_cli_prints_the_table(deeplesion_root, tmp_path, repo_root):
 
 
 def test_ignite_metric_equals_froc():
-    from shared.metrics.deeplesion import DeepLesionFROCMetric
+    from shared.metrics.froc_metric import DeepLesionFROCMetric
 
     def step(engine, batch):
         images = range(batch, min(batch + 2, 3))  # batches of two images: 0-1, then 2

@@ -9,10 +9,11 @@ import torch
 from ignite.engine import Engine
 from monai.handlers import IgniteMetricHandler
 
-from shared.data import kits19 as kits19_data
-from shared.data.phantom_ct import nifti, reorient
 from shared.metrics import kits19
 from shared.metrics.dice import dice
+from shared.metrics.dice_metric import KiTS19DiceMetric
+from shared.phantoms import kits19 as kits19_phantoms
+from shared.phantoms.ct import nifti, reorient
 
 SPACING = (0.8, 0.8, 2.5)
 AFFINE = np.diag([*SPACING, 1.0])
@@ -55,7 +56,7 @@ def test_wrapper_accepts_label_indices_and_one_hot():
     expected_tumour = (2 * 6 / 14 + 0.0) / 2
     expected_kidney = (1.0 + 0.0) / 2
     for to_input in (lambda x: x, lambda x: torch.nn.functional.one_hot(x[:, 0].long(), 3).movedim(-1, 1).float()):
-        metric = kits19.KiTS19DiceMetric()
+        metric = KiTS19DiceMetric()
         metric(to_input(pred), to_input(ref))
         assert metric.per_class() == pytest.approx({"kidney": expected_kidney, "tumour": expected_tumour})
         assert metric.aggregate().item() == pytest.approx((expected_kidney + expected_tumour) / 2)
@@ -64,7 +65,7 @@ def test_wrapper_accepts_label_indices_and_one_hot():
 def test_wrapper_in_an_ignite_evaluator():
     pred, ref = _batch()
     engine = Engine(lambda engine, batch: batch)
-    handler = IgniteMetricHandler(metric_fn=kits19.KiTS19DiceMetric(), output_transform=lambda out: out)
+    handler = IgniteMetricHandler(metric_fn=KiTS19DiceMetric(), output_transform=lambda out: out)
     handler.attach(engine, "kits19_dice")
     engine.run([(list(pred), list(ref))], max_epochs=1)  # decollated lists, as MONAI post transforms give
     assert engine.state.metrics["kits19_dice"] == pytest.approx(((1.0 + 0.0) / 2 + (2 * 6 / 14) / 2) / 2)
@@ -145,7 +146,7 @@ def test_errors_name_the_files(kits_dirs):
 
 
 def test_phantom_root_scores_one_against_itself(tmp_path):
-    root = kits19_data.make_phantoms(tmp_path / "kits", num_cases=3, shape=(8, 16, 16))
+    root = kits19_phantoms.make_phantoms(tmp_path / "kits", num_cases=3, shape=(8, 16, 16))
     pred_dir = tmp_path / "pred"
     pred_dir.mkdir()
     for seg in root.glob("case_*/segmentation.nii.gz"):

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from shared.data.phantom_ct import nifti, reorient
 from shared.metrics import lits
+from shared.metrics.dice_metric import LiTSDiceMetric
+from shared.phantoms.ct import nifti, reorient
 
 SPACING = (0.7, 0.7, 2.0)
 
@@ -105,7 +106,7 @@ def test_wrapper_gives_lesion_dice_per_case():
     ref[0, 0, 1, 1:3, 1:3] = 2  # 4 lesion voxels in case 0; case 1 has no lesion
     pred = ref.clone()
     pred[0, 0, 1, 1, 1:3] = 1  # 2 of them missed
-    metric = lits.LiTSDiceMetric()
+    metric = LiTSDiceMetric()
     metric(list(pred), list(ref))
     assert metric.aggregate().item() == pytest.approx((2 * 2 / 6 + 1.0) / 2)
     assert metric.per_class()["liver"] == 1.0

@@ -13,7 +13,7 @@ class KeySliceDetectionEvaluator(Evaluator):
 
     Batches are ``(images, targets)`` as ``shared.engines.trainers.collate_detection`` makes them; each
     iteration outputs ``{"pred": detections, "label": targets}`` (lists, one dict per image, boxes in the
-    preprocessed pixels), the input of ``shared.metrics.deeplesion.DeepLesionFROCMetric`` through
+    preprocessed pixels), the input of ``shared.metrics.froc_metric.DeepLesionFROCMetric`` through
     ``from_engine(["pred", "label"])``.
     """
 

@@ -13,8 +13,7 @@ Detection file (written by the cs_att_deeplesion inference, read by ``evaluate_d
 coordinates as above and ``score`` the lesion confidence; other keys (e.g. world coordinates) are allowed and
 ignored. ``write_detections`` / ``read_detections`` write and read it.
 
-``DeepLesionFROCMetric`` (the same FROC as an ignite metric) is importable from here; it lives in
-``shared.metrics.froc_metric``.
+The same FROC as an ignite metric for detection evaluators is ``shared.metrics.froc_metric.DeepLesionFROCMetric``.
 """
 
 import json
@@ -28,17 +27,13 @@ from typing import Any
 import numpy as np
 
 from shared.data.atomic import atomic_path
-from shared.data.deeplesion import read_annotations
+from shared.data.deeplesion import LESION_TYPE_ABBREVIATIONS, read_annotations, series_name, split_code
 from shared.metrics.table import MetricTable
 
 FP_RATES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-# DeepLesion Coarse_lesion_type ids -> CS-Att Table 2 abbreviations; TYPE_ORDER is the table's column order.
-LESION_TYPES = {1: "BN", 2: "AB", 3: "ME", 4: "LV", 5: "LU", 6: "KD", 7: "ST", 8: "PV"}
-TYPE_ORDER = ("LU", "ME", "LV", "ST", "PV", "AB", "KD", "BN")
+TYPE_ORDER = ("LU", "ME", "LV", "ST", "PV", "AB", "KD", "BN")  # the lesion type columns of CS-Att Table 2
 DIAMETER_GROUPS = ("<10mm", "10-30mm", ">30mm")
 INTERVAL_GROUPS = ("<2.5mm", ">=2.5mm")
-# split names -> DL_info.csv Train_Val_Test
-SPLITS = {"train": 1, "training": 1, "val": 2, "validation": 2, "test": 3}
 
 
 def box_overlaps(det_boxes: np.ndarray, gt_boxes: np.ndarray, use_iobb: bool = False) -> np.ndarray:
@@ -163,7 +158,7 @@ def froc(
 
 def type_group(type_id: int) -> str | None:
     """Table 2 abbreviation of a DeepLesion ``Coarse_lesion_type`` (None for -1, unknown)."""
-    return LESION_TYPES.get(int(type_id))
+    return LESION_TYPE_ABBREVIATIONS.get(int(type_id))
 
 
 def diameter_group(long_diameter_mm: float) -> str:
@@ -273,13 +268,12 @@ def key_slices(rows: Iterable[dict[str, Any]], split: str = "test") -> list[KeyS
     0-based (DL_info.csv is 1-based); the long diameter is ``Lesion_diameters_Pixel_[0]`` times the pixel spacing.
     Sorted by series, then slice.
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    code = split_code(split)
     slices: dict[tuple[str, int], KeySlice] = {}
     for row in rows:
-        if row["Train_Val_Test"] != SPLITS[split] or row["Possibly_noisy"]:
+        if row["Train_Val_Test"] != code or row["Possibly_noisy"]:
             continue
-        series, number = row["File_name"].rsplit("_", 1)[0], row["Key_slice_index"]
+        series, number = series_name(row), row["Key_slice_index"]
         spacing = row["Spacing_mm_px_"]
         entry = slices.setdefault((series, number), KeySlice(series, number, [], [], [], spacing[2]))
         entry.boxes.append([v - 1.0 for v in row["Bounding_boxes"]])
@@ -369,13 +363,3 @@ def evaluate_dir(
     table, _ = score_detections(read_detections(path), truth, iou_threshold, use_iobb, fp_rate, source=str(path))
     table.title += f", {split} key slices of {ref_dir}"
     return table
-
-
-def __getattr__(name: str):
-    """PEP 562: ``DeepLesionFROCMetric`` imports ignite and torch only when asked for; see
-    ``shared.metrics.froc_metric``."""
-    if name == "DeepLesionFROCMetric":
-        from shared.metrics.froc_metric import DeepLesionFROCMetric
-
-        return DeepLesionFROCMetric
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

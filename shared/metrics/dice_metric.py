@@ -1,7 +1,8 @@
 """MONAI metrics of the challenges' region Dice, for ignite evaluators (``monai.handlers.IgniteMetricHandler``).
 
-Kept apart from the array functions so that scoring files (``python -m shared evaluate``) does not import MONAI;
-``shared.metrics.kits19.KiTS19DiceMetric`` and ``shared.metrics.lits.LiTSDiceMetric`` resolve to the classes here.
+The same Dice as ``shared.metrics.kits19`` and ``shared.metrics.lits`` on the regions of ``shared.data.kits19`` and
+``shared.data.lits``; kept apart from those modules so that scoring files (``python -m shared evaluate``) does not
+import MONAI.
 """
 
 from collections.abc import Mapping, Sequence
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 from monai.metrics import CumulativeIterationMetric, compute_dice
 
-from shared.metrics import kits19, lits
+from shared.data import kits19, lits
 
 
 def _labels(x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,6 @@
 """``DeepLesionFROCMetric``: the FROC of ``shared.metrics.deeplesion`` as an ignite metric for detection evaluators.
 
-Kept apart so that scoring a detections file does not import ignite and torch;
-``shared.metrics.deeplesion.DeepLesionFROCMetric`` resolves to the class here.
+Kept apart so that scoring a detections file does not import ignite and torch.
 """
 
 from collections.abc import Callable, Sequence

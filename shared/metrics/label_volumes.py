@@ -105,20 +105,33 @@ def index_files(paths: Sequence[Path], case_of: Callable[[Path], str | None]) ->
 
 
 def pair_cases(
-    preds: dict[str, Path], refs: dict[str, Path], pred_dir: str | os.PathLike, expected: str
+    preds: dict[str, Path],
+    refs: dict[str, Path],
+    pred_dir: str | os.PathLike,
+    expected: str,
+    cases: Sequence[str] | None = None,
 ) -> list[tuple[str, Path, Path]]:
-    """``(case, prediction, reference)`` for every reference case, sorted; a ValueError listing the cases without
-    prediction (``expected`` describes the file names looked for)."""
+    """``(case, prediction, reference)`` for every reference case (only ``cases`` if given), sorted; a ValueError
+    listing the cases without reference or without prediction (``expected`` describes the file names looked for)."""
+    if cases is not None:
+        unknown = sorted(set(cases) - set(refs))
+        if unknown:
+            raise ValueError(f"no reference label for {_shown(unknown)}")
+        refs = {case: refs[case] for case in cases}
     if not refs:
         raise ValueError("no reference label found")
     missing = sorted(set(refs) - set(preds))
     if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
         raise ValueError(
-            f"{pred_dir}: no prediction for {len(missing)} of {len(refs)} reference cases ({shown}); "
+            f"{pred_dir}: no prediction for {len(missing)} of {len(refs)} reference cases ({_shown(missing)}); "
             f"expected {expected}"
         )
     return [(case, preds[case], refs[case]) for case in sorted(refs, key=_natural_key)]
+
+
+def _shown(cases: list[str]) -> str:
+    """The first 10 cases, then how many more."""
+    return ", ".join(cases[:10]) + (f" and {len(cases) - 10} more" if len(cases) > 10 else "")
 
 
 def _natural_key(name: str) -> list[int | str]:

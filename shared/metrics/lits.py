@@ -9,9 +9,9 @@
 Arrays are label maps in RAS (x, y, z) with z the axial (slice) axis, and ``spacing`` is (x, y, z) in mm.
 Files: predictions ``<pred_dir>/volume-N.nii[.gz]`` or ``segmentation-N.nii[.gz]`` (a suffix such as ``_seg`` and
 one sub-folder level, as MONAI's SaveImaged writes, are accepted); references ``<ref_dir>/segmentation-N.nii``.
-
-``LiTSDiceMetric`` (per-case Dice as a MONAI metric for evaluators) is importable from here; it lives in
-``shared.metrics.dice_metric``.
+:func:`score_files` is the one per-case scorer, used by ``evaluate_dir`` (``python -m shared evaluate``) and the
+va_maskrcnn_lits evaluation report. The per-case Dice as a MONAI metric for evaluators is
+``shared.metrics.dice_metric.LiTSDiceMetric``.
 """
 
 import math
@@ -26,16 +26,16 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 from scipy.spatial.distance import pdist
 
+from shared.data.lits import CLASSES, FILE_NAME, REGIONS, case_name
 from shared.metrics.dice import dice, dice_terms, pooled_dice
 from shared.metrics.label_volumes import index_files, load_label_pair, pair_cases
 from shared.metrics.table import MetricTable
 
-REGIONS = {"lesion": (2,), "liver": (1, 2)}
 SIZE_CLASSES = ("small", "medium", "large")
 # Full 26-connectivity: lesions touching by a corner are one lesion.
 CONNECTIVITY = ndimage.generate_binary_structure(3, 3)
 PREDICTION = re.compile(r"^(?:volume|segmentation)-(\d+)(_[A-Za-z0-9]+)?\.nii(\.gz)?$")
-REFERENCE = re.compile(r"^segmentation-(\d+)\.nii(\.gz)?$")
+EXPECTED_PREDICTIONS = "volume-N.nii[.gz] or segmentation-N.nii[.gz]"
 
 
 def size_class(diameter_mm: float) -> str:
@@ -102,11 +102,13 @@ def mean_dice_by_size(lesions: Iterable[tuple[float, float]]) -> dict[str, float
 
 @dataclass
 class CaseScores:
-    """One case: Dice per region, the Dice terms for the global Dice, and its lesions' (diameter_mm, dice)."""
+    """One case: Dice per region, the Dice terms for the global Dice, its lesions' (diameter_mm, dice) and the
+    reference's voxels per region."""
 
     dice: dict[str, float]
     terms: dict[str, tuple[int, int]]
     lesions: list[tuple[float, float]] = field(default_factory=list)
+    reference_voxels: dict[str, int] = field(default_factory=dict)
 
 
 def score_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> CaseScores:
@@ -116,6 +118,7 @@ def score_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> C
         dice={name: dice(p, g) for name, (p, g) in masks.items()},
         terms={name: dice_terms(p, g) for name, (p, g) in masks.items()},
         lesions=lesion_dices(*masks["lesion"], spacing),
+        reference_voxels={name: int(np.count_nonzero(g)) for name, (_, g) in masks.items()},
     )
 
 
@@ -133,43 +136,54 @@ def summarize(cases: Sequence[CaseScores]) -> dict[str, float | int]:
     return summary
 
 
-def _case_name(match: re.Match | None) -> str | None:
-    return f"volume-{int(match.group(1))}" if match else None
+def score_files(pairs: Sequence[tuple[str, Path, Path]], title: str) -> tuple[MetricTable, list[CaseScores]]:
+    """Score ``(case, prediction, reference)`` NIfTI pairs: the table (per case: Dice, lesions per size class;
+    summary: ``summarize``) and the scores of each case; a ValueError naming the file if a pair cannot be scored."""
+    scores = []
+    for _, pred_path, ref_path in pairs:
+        pred, ref, spacing = load_label_pair(pred_path, ref_path, num_labels=len(CLASSES))
+        scores.append(score_case(pred, ref, spacing))
+    rows = []
+    for (case, _, _), case_scores in zip(pairs, scores):
+        sizes = [size_class(d) for d, _ in case_scores.lesions]
+        rows.append(
+            {
+                "case": case,
+                "lesion_dice": case_scores.dice["lesion"],
+                "liver_dice": case_scores.dice["liver"],
+                **{f"lesions_{name}": sizes.count(name) for name in SIZE_CLASSES},
+            }
+        )
+    return MetricTable(rows, summarize(scores), title=title), scores
 
 
-def evaluate_dir(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike) -> MetricTable:
-    """Score every ``segmentation-N.nii`` of ``ref_dir`` against its prediction in ``pred_dir``."""
+def _prediction_case(path: Path) -> str | None:
+    match = PREDICTION.match(path.name)
+    return case_name(int(match.group(1))) if match else None
+
+
+def _reference_case(path: Path) -> str | None:
+    match = FILE_NAME.fullmatch(path.name)
+    return case_name(int(match.group(2))) if match and match.group(1) == "segmentation" else None
+
+
+def find_predictions(pred_dir: str | os.PathLike) -> dict[str, Path]:
+    """``{case: prediction file}`` of ``pred_dir`` and its sub-folders (file names: :data:`EXPECTED_PREDICTIONS`)."""
+    pred_dir = Path(pred_dir)
+    return index_files([*pred_dir.glob("*.nii*"), *pred_dir.glob("*/*.nii*")], _prediction_case)
+
+
+def evaluate_dir(
+    pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, cases: Sequence[str] | None = None
+) -> MetricTable:
+    """Score every ``segmentation-N.nii`` of ``ref_dir`` (only the ``cases`` ``volume-N`` if given) against its
+    prediction in ``pred_dir``."""
     pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
     for folder, what in ((pred_dir, "prediction"), (ref_dir, "reference")):
         if not folder.is_dir():
             raise ValueError(f"{folder}: {what} folder not found")
-    refs = index_files(list(ref_dir.glob("segmentation-*.nii*")), lambda p: _case_name(REFERENCE.match(p.name)))
+    refs = index_files(list(ref_dir.glob("segmentation-*.nii*")), _reference_case)
     if not refs:
         raise ValueError(f"{ref_dir}: no segmentation-N.nii; is it a LiTS root?")
-    candidates = [*pred_dir.glob("*.nii*"), *pred_dir.glob("*/*.nii*")]
-    preds = index_files(candidates, lambda p: _case_name(PREDICTION.match(p.name)))
-    expected = "volume-N.nii[.gz] or segmentation-N.nii[.gz]"
-    rows, cases = [], []
-    for case, pred_path, ref_path in pair_cases(preds, refs, pred_dir, expected):
-        pred, ref, spacing = load_label_pair(pred_path, ref_path, num_labels=3)
-        scores = score_case(pred, ref, spacing)
-        cases.append(scores)
-        sizes = [size_class(d) for d, _ in scores.lesions]
-        rows.append(
-            {
-                "case": case,
-                "lesion_dice": scores.dice["lesion"],
-                "liver_dice": scores.dice["liver"],
-                **{f"lesions_{name}": sizes.count(name) for name in SIZE_CLASSES},
-            }
-        )
-    return MetricTable(rows, summarize(cases), title=f"LiTS: {pred_dir} vs {ref_dir}")
-
-
-def __getattr__(name: str):
-    """PEP 562: ``LiTSDiceMetric`` imports MONAI (slow) only when asked for; see ``shared.metrics.dice_metric``."""
-    if name == "LiTSDiceMetric":
-        from shared.metrics.dice_metric import LiTSDiceMetric
-
-        return LiTSDiceMetric
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    pairs = pair_cases(find_predictions(pred_dir), refs, pred_dir, EXPECTED_PREDICTIONS, cases)
+    return score_files(pairs, title=f"LiTS: {pred_dir} vs {ref_dir}")[0]

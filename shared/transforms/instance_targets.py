@@ -14,7 +14,10 @@ import torch
 from monai.transforms import MapTransform
 from scipy import ndimage
 
-LITS_REGIONS = {1: (1, 2), 2: (2,)}  # detector class -> label values: 1 liver (with its lesions), 2 lesion
+from shared.data.lits import LESION, LIVER, REGIONS
+
+LITS_REGIONS = {LIVER: REGIONS["liver"], LESION: REGIONS["lesion"]}
+"""Detector class -> the label values of its region: the liver (with its lesions), the lesion."""
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
