@@ -1,13 +1,18 @@
 """Helpers of the msan_kits bundle: two-kidney component cleanup, resume checkpoint lookup, atomic NIfTI writer."""
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 
 from shared.engines.checkpoint import latest_checkpoint
 from shared.engines.volume_io import AtomicNibabelWriter, volume_entries
-from shared.transforms.postprocessing import KeepLargestComponentsd, keep_largest_components
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bundles" / "msan_kits" / "configs"
 
 
 def _three_blobs() -> np.ndarray:
@@ -19,22 +24,63 @@ def _three_blobs() -> np.ndarray:
     return labels
 
 
-def test_keeps_the_two_largest_foreground_components():
-    labels = _three_blobs()
-    clear = keep_largest_components(labels, num_components=2)
-    assert clear.sum() == 2 and clear[18, 1:3, 8].all()
-    assert not keep_largest_components(labels, num_components=3).any()
+def _cleanups(node, path: str = "") -> dict[str, dict]:
+    """Config id -> item of every ``KeepLargestConnectedComponentd`` under ``node``."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else []
+    found = {path: node} if isinstance(node, dict) and node.get("_target_") == "KeepLargestConnectedComponentd" else {}
+    for key, value in items:
+        found.update(_cleanups(value, f"{path}#{key}" if path else str(key)))
+    return found
+
+
+def test_every_msan_config_cleans_up_the_union_of_kidney_and_tumour():
+    items = {p.name: _cleanups(json.loads(p.read_text())) for p in sorted(CONFIGS.glob("*.json"))}
+    assert items["inference.json"], "inference.json has no KeepLargestConnectedComponentd"
+    for name, found in items.items():
+        for item in found.values():
+            assert item["independent"] is False and item["applied_labels"] == [1, 2], (name, item)
+
+
+def _bundle_cleanup():
+    """The component cleanup of msan_kits' inference.json (what users and MONAI Label run)."""
+    config = json.loads((CONFIGS / "inference.json").read_text())
+    (item_id,) = _cleanups(config)
+    return ConfigParser(config).get_parsed_content(item_id)
+
+
+@pytest.mark.parametrize("num_components", [2, 3])
+def test_keeps_the_two_largest_foreground_components(num_components):
+    cleanup = _bundle_cleanup()
+    assert cleanup.converter.num_components == 2
+    cleanup.converter.num_components = num_components
+    labels = torch.as_tensor(_three_blobs())[None]
+    out = cleanup({"pred": labels.clone()})["pred"][0].numpy()
+    cleared = out != _three_blobs()
+    if num_components == 2:
+        assert cleared.sum() == 2 and cleared[18, 1:3, 8].all()  # the island; both kidneys and the tumour stay
+    else:
+        assert not cleared.any()
 
 
 def test_dictionary_transform_clears_islands_and_keeps_metadata():
     affine = torch.diag(torch.tensor([2.0, 2.0, 3.0, 1.0]))
     pred = MetaTensor(torch.as_tensor(_three_blobs())[None], affine=affine)
-    out = KeepLargestComponentsd("pred", num_components=2)({"pred": pred})["pred"]
+    out = _bundle_cleanup()({"pred": pred})["pred"]
     expected = _three_blobs()
     expected[18, 1:3, 8] = 0
     assert np.array_equal(out[0].numpy(), expected)
     assert torch.equal(out.affine, affine)
-    assert pred[0, 18, 1, 8] == 2  # the input is not modified
+
+
+def test_diagonal_neighbours_are_one_component():
+    labels = np.zeros((1, 10, 10, 10), dtype=np.int64)
+    labels[0, 1:4, 1:4, 1:4] = 1
+    labels[0, 4:6, 4:6, 4:6] = 2  # touches the first block at one corner only: 26-connected, one component
+    labels[0, 8, 8, 8] = 1
+    labels[0, 0, 9, 9] = 1
+    out = _bundle_cleanup()({"pred": torch.as_tensor(labels.copy())})["pred"].numpy()
+    assert (out[0, 1:4, 1:4, 1:4] == 1).all() and (out[0, 4:6, 4:6, 4:6] == 2).all()
+    assert (out != labels).sum() == 1  # one of the two single voxels is the third component
 
 
 def test_latest_checkpoint_picks_the_highest_epoch(tmp_path):
