@@ -69,8 +69,6 @@ def _export_torchscript(bundle_dir: Path, ckpt: Path, out_ts: Path) -> str | Non
         str(bundle_dir / "configs" / "metadata.json"),
         "--config_file",
         str(bundle_dir / "configs" / "inference.json"),
-        "--key_in_ckpt",
-        "model",
         "--bundle_root",
         str(bundle_dir),
     ]

@@ -18,9 +18,10 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
-from shared.data.kits19 import make_datalist, make_phantoms
+from shared.data.kits19 import make_datalist
 from shared.data.validation import DatasetError
 from shared.networks.msan import MSAN
+from shared.phantoms.kits19 import make_phantoms
 from shared.transforms.sample_log import loaded_samples
 from tests.conftest import META_SCHEMA_MD5, REPO_ROOT
 
@@ -79,14 +80,13 @@ def test_network_input_output_shapes_match_metadata():
 def test_torchscript_export_equals_eager(tmp_path):
     torch.manual_seed(0)
     net = _tiny_network().eval()
-    torch.save({"model": net.state_dict()}, tmp_path / "model.pt")
+    torch.save(net.state_dict(), tmp_path / "model.pt")  # models/model.pt is the plain state dict of network_def
     ckpt_export(
         net_id="network_def",
         filepath=str(tmp_path / "model.ts"),
         ckpt_file=str(tmp_path / "model.pt"),
         meta_file=str(CONFIGS / "metadata.json"),
         config_file=str(CONFIGS / "inference.json"),
-        key_in_ckpt="model",
         **{"network_def#channels": TINY_CHANNELS},
     )
     scripted = torch.jit.load(str(tmp_path / "model.ts"))
@@ -112,6 +112,28 @@ def test_missing_dataset_stops_with_instructions(tmp_path):
     cause = _root_cause(err.value)
     assert isinstance(cause, DatasetError)
     assert "no_such_root: dataset root not found" in str(cause) and "python -m shared phantoms kits19" in str(cause)
+
+
+def _cli_training(kits_root: Path, tmp_path: Path, *extra: str) -> list[str]:
+    """The user's `monai.bundle run training` command on the phantoms, with tiny sizes."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json")]
+    command += ["--dataset_dir", str(kits_root), "--ckpt_dir", str(tmp_path / "models")]
+    command += ["--output_dir", str(tmp_path / "runs"), "--spacing", "$None", "--patch_size", "[16,16,8]"]
+    return command + ["--network_def#channels", str(TINY_CHANNELS), "--num_workers", "0", *extra]
+
+
+@pytest.mark.parametrize("knob", ["resume", "amp", "deep_supervision"])
+def test_boolean_knob_typed_as_neither_stops_naming_it(kits_root, tmp_path, knob):
+    done = subprocess.run(
+        _cli_training(kits_root, tmp_path, "--epochs", "1", f"--{knob}", "maybe"),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode != 0
+    assert f"ValueError: {knob}: expected true or false (or 1 / 0), got 'maybe'" in done.stderr
+    assert not list((tmp_path / "models").glob("*.pt"))
 
 
 def _write_like(path: Path, data: np.ndarray, reference: Path) -> None:
@@ -167,7 +189,7 @@ def test_inference_refuses_bad_input_and_writes_nothing(kits_root, tmp_path):
     inputs.mkdir()
     shutil.copy(kits_root / "case_00000" / "imaging.nii.gz", inputs / "good.nii.gz")
     nib.Nifti1Image(np.zeros((32, 32), np.int16), np.eye(4)).to_filename(inputs / "slice.nii.gz")
-    torch.save({"model": _tiny_network().state_dict()}, tmp_path / "model.pt")
+    torch.save(_tiny_network().state_dict(), tmp_path / "model.pt")
     with pytest.raises(RuntimeError) as err:
         _workflow(
             "inference.json",
@@ -189,17 +211,18 @@ def _run(run_id: str, *names: str, **override) -> None:
 @pytest.mark.slow
 def test_train_resume_evaluate_infer_ensemble(kits_root, tmp_path):
     models = tmp_path / "models"
-    # the user's command, with tiny sizes
-    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json")]
-    command += ["--dataset_dir", str(kits_root), "--epochs", "2", "--val_interval", "1", "--ckpt_dir", str(models)]
-    command += ["--output_dir", str(tmp_path / "runs"), "--spacing", "$None", "--patch_size", "[16,16,8]"]
-    command += ["--network_def#channels", str(TINY_CHANNELS), "--num_workers", "0"]
+    command = _cli_training(kits_root, tmp_path, "--epochs", "2", "--val_interval", "1")  # the user's command
     subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True, timeout=600)
-    best = torch.load(models / "model.pt", weights_only=True)
-    assert set(best) == {"model", "lr_scheduler"}  # two entries, so ignite keeps the {"model": ...} form
-    _tiny_network(variant="v1").load_state_dict(best["model"])
+    best = torch.load(models / "model.pt", weights_only=True)  # the plain state dict of network_def
+    _tiny_network(variant="v1").load_state_dict(best)
     resume = torch.load(models / "resume_checkpoint_epoch=2.pt", weights_only=True)
     assert {"model", "optimizer", "lr_scheduler", "trainer"} <= set(resume)
+
+    # `--resume false` typed on the command line (the string 'false') starts afresh beside the epoch-2 file
+    fresh = shutil.copytree(models, tmp_path / "fresh" / "models")
+    command = _cli_training(kits_root, tmp_path / "fresh", "--epochs", "1", "--val_interval", "1", "--resume", "false")
+    subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True, timeout=600)
+    assert (fresh / "resume_checkpoint_epoch=1.pt").is_file()  # resumed from epoch 2, it would have run no epoch
 
     # resume: asked for 3 epochs, the trainer starts epoch 3 from the epoch-2 weights
     workflow = _workflow("train.json", dataset_dir=str(kits_root), epochs=3, ckpt_dir=str(models), resume=True)
@@ -258,7 +281,7 @@ def test_train_resume_evaluate_infer_ensemble(kits_root, tmp_path):
     ]:
         (members / name).mkdir(parents=True)
         net = _tiny_network(variant=variant, deep_supervision=bool(ds))
-        torch.save({"model": net.state_dict()}, members / name / "model.pt")
+        torch.save(net.state_dict(), members / name / "model.pt")
     (members / "v2" / "model.pt").write_bytes((members / "v2_ds" / "model.pt").read_bytes())  # strict load fails
     with pytest.raises(RuntimeError):
         _run(
@@ -269,7 +292,7 @@ def test_train_resume_evaluate_infer_ensemble(kits_root, tmp_path):
             ensemble_ckpt_dir=str(members),
             output_dir=str(tmp_path / "bad"),
         )
-    torch.save({"model": _tiny_network(variant="v2").state_dict()}, members / "v2" / "model.pt")
+    torch.save(_tiny_network(variant="v2").state_dict(), members / "v2" / "model.pt")
     ensemble_out = tmp_path / "ensemble"
     _run(
         "inference",

@@ -192,7 +192,7 @@ def test_pack_writes_torchscript_and_hashes_every_weight_file(tmp_path):
     torch.manual_seed(0)
     net = parser.get_parsed_content("network_def")
     ckpt = tmp_path / "model.pt"
-    torch.save({"model": net.state_dict()}, ckpt)
+    torch.save(net.state_dict(), ckpt)  # models/model.pt: the plain state dict of network_def
     zip_path = pack_bundle("msan_kits", out=tmp_path / "dist", ckpt=ckpt)
     with zipfile.ZipFile(zip_path) as zf:
         names = set(zf.namelist())
