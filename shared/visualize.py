@@ -1,4 +1,4 @@
-"""Pictures for people: segmentation overlays, FROC curves, detections on a slice, attention heatmaps (PNG).
+"""Pictures for people: segmentation overlays, FROC curves, detections on a slice, attention over CT slices (PNG).
 
 matplotlib with the Agg backend (no display needed); every PNG is written atomically. Volumes are 3D arrays in
 RAS (x, y, z) with z axial; axial slices are drawn in the radiological convention (patient's right on the
@@ -24,7 +24,9 @@ from shared.metrics.deeplesion import FP_RATES, box_overlaps  # noqa: E402
 
 DPI = 100
 PANEL_INCHES = 3.2
-CAPTION_INCHES = 0.9
+CAPTION_INCHES = 0.9  # half above the panels (figure title), half below (legend)
+TITLE_INCHES = 0.3  # above each panel, for its title
+GAP_INCHES = 0.04
 # Label value -> RGB: 1 red, 2 green (as the VA paper's figures: liver red, lesions green), then blue, yellow, ...
 CLASS_COLOURS = ((1.0, 0.15, 0.15), (0.1, 0.9, 0.1), (0.2, 0.45, 1.0), (1.0, 0.85, 0.1), (0.9, 0.3, 0.9))
 GT_COLOUR, TP_COLOUR, FP_COLOUR = (0.0, 0.0, 1.0), (0.0, 1.0, 0.0), (1.0, 0.0, 0.0)  # CS-Att Fig. 4
@@ -89,13 +91,10 @@ def save_overlay_png(
     slices = slices_with_most_foreground(label, pred, num_slices)
     values = sorted(int(v) for v in np.union1d(np.unique(label), np.unique(pred)) if v > 0)
     fig = plt.figure(figsize=(2 * PANEL_INCHES, len(slices) * PANEL_INCHES + CAPTION_INCHES))
-    bottom = CAPTION_INCHES / 2 / fig.get_figheight()
-    top = 1 - CAPTION_INCHES / 2 / fig.get_figheight()
-    grid = fig.add_gridspec(len(slices), 2, left=0.01, right=0.99, bottom=bottom, top=top, wspace=0.02, hspace=0.12)
     for row, z in enumerate(slices):
         ct = axial_view(image, z)
         for col, (labels, name) in enumerate(((label, "ground truth"), (pred, "prediction"))):
-            ax = fig.add_subplot(grid[row, col])
+            ax = _panel_axes(fig, row, col)
             ax.imshow(ct, cmap="gray", vmin=window[0], vmax=window[1], interpolation="nearest")
             shown = axial_view(labels, z)
             for value in values:
@@ -107,11 +106,25 @@ def save_overlay_png(
                 ax.contour(mask, levels=[0.5], colors=[_colour(value)], linewidths=1.5 if col == 0 else 0.8)
             ax.set_title(f"{name}, z = {z}", fontsize=9)
             ax.set_axis_off()
-    fig.suptitle(title or "ground truth contours (left) vs prediction (right), axial slices", fontsize=11)
+    caption_y = 1 - CAPTION_INCHES / 4 / fig.get_figheight()
+    default_title = "ground truth contours (left) vs prediction (right), axial slices"
+    fig.suptitle(title or default_title, y=caption_y, va="center", fontsize=11)
     handles = [Patch(color=_colour(v), label=_class_name(v, class_names)) for v in values]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=9, frameon=False)
     return _save(fig, out_path)
+
+
+def _panel_axes(fig: Figure, row: int, col: int) -> matplotlib.axes.Axes:
+    """Axes of the PANEL_INCHES square cell (ROW, COL) below the figure title's strip (CAPTION_INCHES / 2 high).
+
+    The image fills the cell below a TITLE_INCHES strip for its own title, so no title overlaps another.
+    """
+    width, height = fig.get_size_inches()
+    top = CAPTION_INCHES / 2 + row * PANEL_INCHES + TITLE_INCHES  # inches from the figure's top
+    box_w, box_h = PANEL_INCHES - 2 * GAP_INCHES, PANEL_INCHES - TITLE_INCHES - GAP_INCHES
+    left = col * PANEL_INCHES + GAP_INCHES
+    return fig.add_axes((left / width, 1 - (top + box_h) / height, box_w / width, box_h / height))
 
 
 def _solid_cmap(colour: tuple[float, float, float]) -> matplotlib.colors.ListedColormap:
@@ -188,35 +201,55 @@ def save_detection_png(
     return _save(fig, out_path)
 
 
-def save_attention_png(maps: np.ndarray, out_path: str | os.PathLike, title: str = "attention") -> Path:
-    """Attention as heatmaps: (M,) or (M, P) contextual attention over M images (rows: images K - M//2 ...
-    K + M//2 around the key image K, columns: P positions, as CS-Att Fig. 2), or (M, H, W) spatial maps, one
-    panel per image with a shared colour scale."""
-    maps = np.asarray(maps, dtype=float)
-    if maps.ndim == 1:
-        maps = maps[:, None]
-    if maps.ndim not in (2, 3):
-        raise ValueError(f"maps must be (M,), (M, P) or (M, H, W), got shape {maps.shape}")
-    count = maps.shape[0]
+def save_attention_png(
+    maps: np.ndarray,
+    images: np.ndarray,
+    out_path: str | os.PathLike,
+    title: str = "attention",
+    stride: int = 1,
+    box: Sequence[float] | None = None,
+    crop: Sequence[float] | None = None,
+) -> Path:
+    """Attention maps drawn over the CT slices they belong to: one panel per image, the slice in grey under its map.
+
+    ``maps`` (M, h, w) holds one map per image, ``images`` (M, H, W) the slices (any intensity scale, shown from
+    their minimum to their maximum); cell (r, c) of a map covers the image pixels ``[r * stride, (r + 1) * stride)``
+    by ``[c * stride, (c + 1) * stride)``. All maps share one colour scale (the colour bar), drawn half transparent
+    so the anatomy shows through. With M odd the panels are named K - M//2 ... K + M//2 around the key image K (as
+    CS-Att Fig. 2 and 3). ``box`` (x1, y1, x2, y2 in image pixels, e.g. the lesion) is outlined in every panel;
+    ``crop`` (same form) limits each panel to that region of the image.
+    """
+    maps, images = np.asarray(maps, dtype=float), np.asarray(images, dtype=float)
+    if maps.ndim != 3 or images.ndim != 3 or len(maps) != len(images):
+        raise ValueError(
+            f"maps (M, h, w) and images (M, H, W) must be 3D, one map per image: {maps.shape}, {images.shape}"
+        )
+    count, (rows_m, cols_m), (height, width) = len(maps), maps.shape[1:], images.shape[1:]
     names = [f"K{i - count // 2:+d}" if i != count // 2 else "K" for i in range(count)] if count % 2 else None
     names = names or [f"image {i}" for i in range(count)]
     low, high = float(maps.min()), float(maps.max())
-    if maps.ndim == 2:
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * maps.shape[1] + 2), max(3.0, 0.35 * count + 1.5)))
-        shown = ax.imshow(maps, cmap="viridis", vmin=low, vmax=high, aspect="auto", interpolation="nearest")
-        ax.set_yticks(range(count), names)
-        ax.set_xlabel("position")
-        fig.colorbar(shown, ax=ax)
-    else:
-        columns = min(count, 4)
-        rows = math.ceil(count / columns)
-        fig, axes = plt.subplots(rows, columns, figsize=(2.6 * columns + 0.8, 2.6 * rows + 0.6), squeeze=False)
-        for i, ax in enumerate(axes.flat):
-            ax.set_axis_off()
-            if i < count:
-                shown = ax.imshow(maps[i], cmap="viridis", vmin=low, vmax=high, interpolation="nearest")
-                ax.set_title(names[i], fontsize=9)
-        fig.colorbar(shown, ax=axes.ravel().tolist())
+    columns = min(count, 4)
+    rows = math.ceil(count / columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(2.6 * columns + 0.8, 2.6 * rows + 0.6), squeeze=False, layout="constrained"
+    )
+    extent = (-0.5, cols_m * stride - 0.5, rows_m * stride - 0.5, -0.5)  # map cells on the image's pixel grid
+    x1, y1, x2, y2 = (-0.5, -0.5, width - 0.5, height - 0.5)
+    if crop is not None:
+        x1, y1, x2, y2 = max(x1, crop[0]), max(y1, crop[1]), min(x2, crop[2]), min(y2, crop[3])
+    for i, ax in enumerate(axes.flat):
+        ax.set_axis_off()
+        if i >= count:
+            continue
+        ax.imshow(images[i], cmap="gray", vmin=images.min(), vmax=images.max(), interpolation="nearest")
+        shown = ax.imshow(maps[i], cmap="jet", vmin=low, vmax=high, alpha=0.45, extent=extent, interpolation="nearest")
+        if box is not None:
+            bx1, by1, bx2, by2 = box
+            ax.add_patch(Rectangle((bx1, by1), bx2 - bx1, by2 - by1, fill=False, edgecolor="white", lw=1))
+        ax.set_xlim(x1, x2)
+        ax.set_ylim(y2, y1)
+        ax.set_title(names[i], fontsize=9)
+    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8)
     fig.suptitle(title)
     return _save(fig, out_path)
 

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 
+import matplotlib
 import numpy as np
 import pytest
 from PIL import Image
@@ -64,6 +65,17 @@ def test_overlay_png_size_and_class_colours(tmp_path):
         visualize.save_overlay_png(image, label[:-1], pred, tmp_path / "bad.png")
 
 
+def test_overlay_titles_do_not_overlap(tmp_path):
+    """Square slices fill their panels: above the first row there are two separate lines of text, the figure's
+    title and the panel titles, with blank rows between them and before the slices start."""
+    image, label, pred = (np.repeat(np.repeat(v[:32], 2, axis=0), 2, axis=1)[:64, :64] for v in _volumes())
+    pixels = _pixels(visualize.save_overlay_png(image, label, pred, tmp_path / "square.png", title="case title"))
+    above = round((visualize.CAPTION_INCHES / 2 + visualize.TITLE_INCHES) * visualize.DPI)
+    ink = (pixels[:above].min(axis=-1) < 200).any(axis=1)  # rows of the strip above the first row with text
+    starts = np.flatnonzero(ink[1:] & ~ink[:-1]) + 1
+    assert len(starts) == 2 and not ink[0] and not ink[-1], f"text rows {np.flatnonzero(ink)}"
+
+
 def test_detection_png_colours_where_the_boxes_are(tmp_path):
     image = np.zeros((128, 128))
     gt = [[20, 20, 50, 50]]
@@ -89,16 +101,43 @@ def test_froc_png(tmp_path):
     assert _has_colour(pixels, (214, 39, 40))  # the tab:red markers at the standard FP rates
 
 
-@pytest.mark.parametrize("shape", [(7,), (7, 16), (5, 8, 8)])
-def test_attention_png(tmp_path, shape):
-    maps = np.random.default_rng(0).uniform(size=shape)
-    out = visualize.save_attention_png(maps, tmp_path / "attention.png", "attention")
-    assert _pixels(out).shape[0] > 100
+def _attention_pixels(tmp_path, maps, images, name, **kwargs) -> np.ndarray:
+    return _pixels(visualize.save_attention_png(maps, images, tmp_path / name, "attention", **kwargs))
 
 
-def test_attention_png_rejects_4d(tmp_path):
-    with pytest.raises(ValueError, match="maps must be"):
-        visualize.save_attention_png(np.zeros((2, 2, 2, 2)), tmp_path / "a.png")
+def test_attention_is_drawn_over_its_slice(tmp_path):
+    """A flat map over a slice half black, half white: the picture shows both halves through the map's colour."""
+    images = np.zeros((1, 32, 32))
+    images[:, :, 16:] = 1.0  # right half white
+    maps = np.full((1, 4, 4), 0.5)
+    pixels = _attention_pixels(tmp_path, maps, images, "half.png", stride=8)
+    bare = _attention_pixels(tmp_path, maps, np.zeros_like(images), "black.png", stride=8)
+    assert pixels.shape == bare.shape
+    changed = np.abs(pixels.astype(int) - bare.astype(int)).max(axis=-1) > 60
+    assert changed.any(), "the slice does not show through the attention map"
+    columns = np.flatnonzero(changed.any(axis=0))
+    assert changed.sum() > 1000 and columns.min() > pixels.shape[1] * 0.1  # the white half, not the left one
+    assert not (bare == pixels).all()
+
+
+def test_attention_map_cells_sit_on_their_pixels(tmp_path):
+    """Cell (r, c) of a stride-8 map covers image pixels [8r, 8r + 8) x [8c, 8c + 8): one hot cell over a black
+    slice, cropped to that cell, fills the panel with the top colour of the map."""
+    maps = np.zeros((3, 4, 4))
+    maps[:, 1, 2] = 1.0
+    images = np.zeros((3, 32, 32))
+    hot = _attention_pixels(tmp_path, maps, images, "hot.png", stride=8, crop=(16, 8, 23, 15))
+    cold = _attention_pixels(tmp_path, maps, images, "cold.png", stride=8, crop=(0, 0, 7, 7))
+    top = (np.array(matplotlib.colormaps["jet"](1.0)[:3]) * 255 * 0.45).astype(int)  # over black, alpha 0.45
+    assert (np.abs(hot.astype(int) - top).max(axis=-1) <= 3).sum() > 3 * 150 * 150  # three panels of that colour
+    assert (np.abs(cold.astype(int) - top).max(axis=-1) <= 3).sum() < 100 * 100  # only the colour bar's top
+
+
+def test_attention_png_rejects_maps_without_their_slices(tmp_path):
+    with pytest.raises(ValueError, match="one map per image"):
+        visualize.save_attention_png(np.zeros((3, 4, 4)), np.zeros((2, 32, 32)), tmp_path / "a.png")
+    with pytest.raises(ValueError, match="one map per image"):
+        visualize.save_attention_png(np.zeros((3, 4)), np.zeros((3, 32, 32)), tmp_path / "a.png")
 
 
 def test_show_cli_reorients_nifti_and_names_bad_files(tmp_path, repo_root):

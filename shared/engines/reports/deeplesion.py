@@ -14,23 +14,27 @@ __all__ = ["evaluate_detector"]
 
 
 def _attention_pictures(model, sample: dict, out_dir: Path) -> list[Path]:
-    """CS-Att Fig. 2/3 for the first lesion of a sample: contextual vectors at its feature cells, spatial maps."""
+    """CS-Att Fig. 2/3 for the first lesion of a sample, over the middle slice of each 3-slice image: contextual
+    attention (mean over channels) on the lesion's neighbourhood, spatial attention on the whole slices."""
     from shared.visualize import save_attention_png
 
     if not hasattr(model, "attention_maps") or not len(sample["boxes"]):
         return []
+    stride = 8  # the attention modules work on the stride 8 feature maps
     maps = model.attention_maps([sample["image"].to(next(model.parameters()).device)])
+    slices = sample["image"][1::3].cpu().numpy()  # (M, H, W): the middle slice of each 3-slice image
+    box = sample["boxes"][0].tolist()
+    margin = max(2 * stride, box[2] - box[0], box[3] - box[1])
+    around = (box[0] - margin, box[1] - margin, box[2] + margin, box[3] + margin)
     saved = []
-    if "contextual" in maps:
-        context = maps["contextual"][0].mean(dim=1)  # (M, h, w): mean over the D channels
-        x1, y1, x2, y2 = (sample["boxes"][0] / 8).tolist()  # stride 8 feature cells covering the lesion
-        cols = slice(int(math.floor(x1)), max(int(math.ceil(x2)), int(math.floor(x1)) + 1))
-        rows = slice(int(math.floor(y1)), max(int(math.ceil(y2)), int(math.floor(y1)) + 1))
-        vectors = context[:, rows, cols].flatten(1).cpu().numpy()
-        saved.append(save_attention_png(vectors, out_dir / "contextual_attention.png", "contextual attention C''"))
-    if "spatial" in maps:
-        spatial = maps["spatial"][0].mean(dim=1).cpu().numpy()  # (M, h, w)
-        saved.append(save_attention_png(spatial, out_dir / "spatial_attention.png", "spatial attention S''"))
+    for name, title, crop in (
+        ("contextual", "contextual attention C'' around the lesion", around),
+        ("spatial", "spatial attention S''", None),
+    ):
+        if name in maps:
+            shown = maps[name][0].mean(dim=1).cpu().numpy()  # (M, h, w): mean over the D channels
+            out = out_dir / f"{name}_attention.png"
+            saved.append(save_attention_png(shown, slices, out, title, stride=stride, box=box, crop=crop))
     return saved
 
 
