@@ -1,4 +1,9 @@
-"""``MetricTable``: per-case rows and a summary, as printed and saved by ``python -m shared evaluate``."""
+"""``MetricTable``: per-case rows and a summary, as printed and saved by ``python -m shared evaluate`` and the reports.
+
+MONAI's ``write_metrics_reports`` (``MetricsSaver``) does not fit these tables: it writes one ``<metric>_raw.csv``
+per metric, a float column per class plus a class mean, rounded to 4 decimals; the rows here mix Dice with lesion
+counts (LiTS) or are key slices (DeepLesion), and ``--out_csv`` names one file.
+"""
 
 import csv
 import math
