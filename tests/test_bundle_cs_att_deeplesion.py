@@ -12,12 +12,19 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, run, verify_metadata
 
-from shared.data.deeplesion import make_datalist, make_phantoms
+from shared.data.deeplesion import make_datalist
+from shared.phantoms.deeplesion import make_phantoms
 from shared.transforms.sample_log import loaded_samples
 from tests.conftest import META_SCHEMA_MD5
 
 CONFIGS = ("train.json", "evaluate.json", "inference.json")
-VA_CONFIGS = ("train_va_faster_rcnn.json", "evaluate_va_faster_rcnn.json", "inference_va_faster_rcnn.json")
+# evaluate.json is an overlay on train.json (model-zoo style); va_faster_rcnn.json swaps the network in any of them
+BASES = {
+    "train.json": ("train.json",),
+    "evaluate.json": ("train.json", "evaluate.json"),
+    "inference.json": ("inference.json",),
+}
+VA_OVERLAY = "va_faster_rcnn.json"
 RUN_IDS = {
     "train.json": ("training", "run"),
     "evaluate.json": ("evaluating", "run"),
@@ -41,10 +48,14 @@ def test_metadata_verifies_offline(configs, meta_schema, tmp_path):
     )
 
 
+def _files(configs, name: str, *overlays: str) -> list[str]:
+    return [str(configs / f) for f in (*BASES[name], *overlays)]
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_configs_define_the_run_ids_and_paper_settings(configs, name):
     parser = ConfigParser()
-    parser.read_config(str(configs / name))
+    parser.read_config(_files(configs, name))
     for run_id in (*RUN_IDS[name], "initialize"):
         assert run_id in parser.config, f"{name} lacks {run_id}"
     assert parser["hu_window"] == [-1024, 3071] and parser["spacing_mm"] == 0.8 and parser["max_size"] == 512
@@ -77,12 +88,52 @@ def test_metadata_labels_the_served_box_volume(configs):
     assert outputs["pred"]["channel_def"] == {"0": "background", "1": "lesion"}
 
 
-@pytest.mark.parametrize("name", VA_CONFIGS)
-def test_va_overrides_replace_the_network(configs, name):
+@pytest.mark.parametrize("name", CONFIGS)
+def test_va_overlay_replaces_the_network(configs, name):
+    """One overlay for the three configs: the VA Faster R-CNN, its weights in models/va_faster_rcnn/."""
     parser = ConfigParser()
-    parser.read_config([str(configs / name.replace("_va_faster_rcnn", "")), str(configs / name)])
+    parser.read_config(_files(configs, name, VA_OVERLAY))
     assert parser["network_def"]["_target_"] == "shared.networks.va_rcnn.build_va_faster_rcnn"
     assert parser["num_images"] == 3  # VA sec. 3.3: bag of 3 images = 9 slices
+    ckpt_id = "ckpt_dir" if name == "train.json" else "ckpt_path"
+    assert "models/va_faster_rcnn" in parser.get_parsed_content(ckpt_id)
+    parser["backbone"] = "resnet18"
+    parser["max_size"] = 64
+    network = parser.get_parsed_content("network_def")
+    assert any(type(m).__name__ == "VolumetricAttention" for m in network.modules())
+
+
+# A run id added by an extra config file: the CS-Att parameters of the network built from the user's flags.
+PROBE = {
+    "probe": "$print('CS-Att:', sorted({k.split('.')[2] for k in @network_def.state_dict() if '.attention.' in k}))"
+}
+
+
+@pytest.mark.parametrize("name", ["train.json", "inference.json"])
+def test_attention_flags_typed_on_the_command_line(repo_root, configs, name, tmp_path):
+    """`--contextual_attention false` (fire passes the string 'false') builds 3DCE without the contextual attention's
+    parameters, both flags false give plain 3DCE; a word that is not a boolean stops the run naming the knob."""
+    probe = tmp_path / "probe.json"
+    probe.write_text(json.dumps(PROBE))
+    files = f"['{configs / name}','{probe}']"
+
+    def run_probe(**flags):
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "probe", "--config_file", files, "--backbone", "tiny"]
+        cmd += [a for k, v in flags.items() for a in (f"--{k}", v)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run(cmd, cwd=repo_root, env=env, capture_output=True, text=True, timeout=300)
+
+    def parts(**flags):
+        done = run_probe(**flags)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.split("CS-Att:")[1].splitlines()[0].strip()
+
+    assert "phi_c" in parts(contextual_attention="true")
+    assert "phi_c" not in parts(contextual_attention="false")
+    assert parts(contextual_attention="false", spatial_attention="false") == "[]"
+    done = run_probe(contextual_attention="nope")
+    assert done.returncode != 0
+    assert "contextual_attention: expected true or false (or 1 / 0), got 'nope'" in done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +152,10 @@ def _volume_dir(tmp_path):
     return folder
 
 
-def _run_all(configs, files, phantom_root, tmp_path, **network):
+def _run_all(configs, overlays, phantom_root, tmp_path, **network):
     """Train 1 epoch, resume to 2, evaluate on validation, infer on the test split and on a volume."""
     models, cache = tmp_path / "models", tmp_path / "cache"
-    paths = [[str(configs / f) for f in group] for group in files]
+    paths = [_files(configs, name, *overlays) for name in CONFIGS]
     common = {**TINY, **network, "dataset_dir": str(phantom_root), "cache_dir": str(cache)}
     train = {**common, "ckpt_dir": str(models), "output_dir": str(tmp_path / "runs"), "batch_size": 2}
     run("training", config_file=paths[0], **train, epochs=1)
@@ -154,16 +205,19 @@ def _run_all(configs, files, phantom_root, tmp_path, **network):
 
 @pytest.mark.slow
 def test_3dce_csatt_train_resume_evaluate_infer(configs, phantom_root, tmp_path):
-    files = [(c,) for c in CONFIGS]
-    models = _run_all(configs, files, phantom_root, tmp_path, backbone="tiny", num_images=3)
+    models = _run_all(configs, (), phantom_root, tmp_path, backbone="tiny", num_images=3)
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     assert any(k.startswith("backbone.attention.phi_c") for k in state)
+    # model.pt is the plain state dict of network_def (what ckpt_export and MONAI Label load)
+    parser = ConfigParser()
+    parser.read_config(_files(configs, "inference.json"))
+    parser["backbone"] = "tiny"
+    assert set(state) == set(parser.get_parsed_content("network_def").state_dict())
 
 
 @pytest.mark.slow
 def test_va_faster_rcnn_train_resume_evaluate_infer(configs, phantom_root, tmp_path):
-    files = list(zip(CONFIGS, VA_CONFIGS))
-    models = _run_all(configs, files, phantom_root, tmp_path, va_backbone="resnet18")
+    models = _run_all(configs, (VA_OVERLAY,), phantom_root, tmp_path, backbone="resnet18")
     state = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
     assert any(k.startswith("backbone.attention.") for k in state)
 

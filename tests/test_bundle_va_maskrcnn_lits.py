@@ -9,9 +9,11 @@ import traceback
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from monai.bundle import ConfigParser, verify_metadata
 
-from shared.data.lits import make_datalist, make_phantoms
+from shared.data.lits import make_datalist
+from shared.phantoms.lits import make_phantoms
 from shared.transforms.sample_log import loaded_samples
 from tests.conftest import META_SCHEMA_MD5
 
@@ -44,6 +46,11 @@ def configs(repo_root):
     return repo_root / "bundles" / "va_maskrcnn_lits" / "configs"
 
 
+def _evaluate_files(configs) -> str:
+    """evaluate.json is an overlay on train.json (model-zoo style): both files, as `--config_file` takes them."""
+    return f"['{configs / 'train.json'}','{configs / 'evaluate.json'}']"
+
+
 @pytest.fixture(scope="module")
 def lits_root(tmp_path_factory):
     return make_phantoms(tmp_path_factory.mktemp("lits"), num_cases=8, shape=(32, 32, 12), num_test=1)
@@ -73,7 +80,9 @@ def test_metadata_describes_the_served_volumes(configs):
 
 def _parser(configs, name: str, **values) -> ConfigParser:
     parser = ConfigParser()
-    parser.read_config(str(configs / name))
+    parser.read_config(
+        [str(configs / "train.json"), str(configs / name)] if name == "evaluate.json" else str(configs / name)
+    )
     for key, value in values.items():
         parser[key] = value
     return parser
@@ -83,15 +92,62 @@ def _parser(configs, name: str, **values) -> ConfigParser:
 @pytest.mark.parametrize("name", ["inference.json", "evaluate.json"])
 def test_saved_training_state_dict_fits_the_inference_network(configs, name, pretrained):
     """MONAI Label loads model.pt with strict=False: the keys train.json saves must be exactly the network's keys
-    (FrozenBatchNorm2d has no num_batches_tracked; frozen only when starting from pretrained weights)."""
+    (FrozenBatchNorm2d has no num_batches_tracked; frozen only when starting from pretrained weights). evaluate.json
+    inherits train.json's rule; inference.json has no pretrained_path and is told with --frozen_batchnorm (README)."""
     values = {k: TINY[k] for k in ("image_size", "bag_size", "backbone")}
-    values["pretrained_path"] = "/pretrained.pt" if pretrained else None  # only read by initialize, never here
+    pretrained_path = "/pretrained.pt" if pretrained else None  # only read by initialize, never here
     keys = {}
     for config in ("train.json", name):
-        parser = _parser(configs, config, **values)
-        assert parser.get_parsed_content("frozen_batchnorm") is pretrained
+        given = {"frozen_batchnorm": str(pretrained).lower()} if config == "inference.json" else {}
+        parser = _parser(configs, config, **values, **given, pretrained_path=pretrained_path)
+        if config != "inference.json":
+            assert parser.get_parsed_content("frozen_batchnorm") is pretrained
         keys[config] = set(parser.get_parsed_content("network_def").state_dict())
     assert keys["train.json"] == keys[name]
+
+
+# A run id added by an extra config file: which VA attention modules the network built from the user's flags has.
+PROBE = {
+    "probe": "$print('VA blocks:', sum(type(m).__name__ == 'VolumetricAttention' for m in @network_def.modules()))"
+}
+
+
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+def test_attention_flag_typed_on_the_command_line(repo_root, configs, config, tmp_path):
+    """`--attention false` (fire passes the string 'false') builds the baseline without any VA block; a word that is
+    not a boolean stops the run naming the knob."""
+    probe = tmp_path / "probe.json"
+    probe.write_text(json.dumps(PROBE))
+    files = f"['{configs / config}','{probe}']"
+    tiny = {k: TINY[k] for k in ("image_size", "bag_size", "backbone")}
+    blocks = {}
+    for typed in ("true", "false"):
+        result = _run(repo_root, files, "probe", {**tiny, "attention": typed})
+        blocks[typed] = int(result.stdout.split("VA blocks:")[1].split()[0])
+    assert blocks["true"] > 0 and blocks["false"] == 0
+    result = _run(repo_root, files, "probe", {**tiny, "attention": "nope"}, check=False)
+    assert result.returncode != 0
+    assert "attention: expected true or false (or 1 / 0), got 'nope'" in result.stderr
+
+
+def test_inference_exposes_the_model_zoo_output_knobs(configs, tmp_path):
+    """output_ext, output_dtype, output_postfix and separate_folder at the top level reach SaveImaged; the top-level
+    checkpointloader is the handler the evaluator attaches."""
+    parser = _parser(
+        configs,
+        "inference.json",
+        output_dir=str(tmp_path),
+        output_ext=".nii",
+        output_dtype="$numpy.int16",
+        output_postfix="labels",
+        separate_folder="true",
+    )
+    save = parser.get_parsed_content("postprocessing").transforms[-1]
+    layout = save.saver.folder_layout
+    assert (layout.ext, layout.postfix, layout.parent) == (".nii", "labels", True)
+    assert save.saver.init_kwargs["output_dtype"] == np.int16
+    handlers = parser.get_parsed_content("handlers")
+    assert handlers[0] is parser.get_parsed_content("checkpointloader")
 
 
 def test_train_initialize_needs_no_dataset_and_the_datalist_checks_it(configs, tmp_path):
@@ -113,9 +169,13 @@ def test_bundle_has_no_scripts_folder(configs):
 
 
 @pytest.mark.slow
-def test_training_writes_checkpoints_and_logs_every_loss(trained):
+def test_training_writes_checkpoints_and_logs_every_loss(configs, trained):
     work, result = trained
     assert (work / "models" / "model.pt").is_file()
+    # model.pt is the plain state dict of network_def (what ckpt_export and MONAI Label load)
+    state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
+    network = _parser(configs, "train.json", **{k: TINY[k] for k in ("image_size", "bag_size", "backbone")})
+    assert set(state) == set(network.get_parsed_content("network_def").state_dict())
     assert (work / "models" / "resume_checkpoint_epoch=1.pt").is_file()
     assert list((work / "runs" / "cache").glob("*/image.npy"))  # volumes preprocessed once into the cache
     log = result.stdout + result.stderr
@@ -129,7 +189,7 @@ def test_evaluation_writes_table_overlay_and_predictions_in_input_space(repo_roo
     work, _ = trained
     out = work / "eval"
     overrides = {**TINY, "dataset_dir": lits_root, "ckpt_dir": work / "models", "output_dir": out}
-    result = _run(repo_root, str(configs / "evaluate.json"), "evaluating", overrides)
+    result = _run(repo_root, _evaluate_files(configs), "evaluating", overrides)
     assert "lesion_dice_per_case" in result.stdout and "lesion_dice_small" in result.stdout
     rows = (out / "lits_metrics.csv").read_text().splitlines()
     cases = [e["case"] for e in make_datalist(lits_root)["validation"]]
