@@ -45,7 +45,7 @@ from shared.networks.three_dce import ThreeDCE
 set_determinism(seed=0)  # as train.json's initialize: the weights training starts from
 torch.save(ThreeDCE(backbone="resnet18", anchor_sizes=(8, 12, 16, 24, 48)).state_dict(), sys.argv[1])
 EOF
-$PY -m monai.bundle run evaluating --config_file $BUNDLE/configs/evaluate.json "${DEMO[@]}" \
+$PY -m monai.bundle run evaluating --config_file "['$BUNDLE/configs/train.json','$BUNDLE/configs/evaluate.json']" "${DEMO[@]}" \
     --ckpt_path "$WORK/untrained.pt" --output_dir "$WORK/eval_untrained" --split test --num_pictures 0
 
 echo "== training (3DCE + CS-Att, $EPOCHS epochs, milestones scaled to the epochs)"
@@ -55,10 +55,10 @@ $PY -m monai.bundle run training --config_file $BUNDLE/configs/train.json "${DEM
     --train#trainer#grad_clip_norm 10 --network_def#rpn_pre_nms_top_n_train 2000 --network_def#rpn_post_nms_top_n_train 500
 
 echo "== the same trained network on its training split (how much it learned vs how much it generalises)"
-$PY -m monai.bundle run evaluating --config_file $BUNDLE/configs/evaluate.json "${DEMO[@]}" \
+$PY -m monai.bundle run evaluating --config_file "['$BUNDLE/configs/train.json','$BUNDLE/configs/evaluate.json']" "${DEMO[@]}" \
     --ckpt_path "$WORK/models/model.pt" --output_dir "$WORK/eval_training" --split training --num_pictures 0
 
 echo "== evaluation of the trained network (test split)"
-$PY -m monai.bundle run evaluating --config_file $BUNDLE/configs/evaluate.json "${DEMO[@]}" \
+$PY -m monai.bundle run evaluating --config_file "['$BUNDLE/configs/train.json','$BUNDLE/configs/evaluate.json']" "${DEMO[@]}" \
     --ckpt_path "$WORK/models/model.pt" --output_dir "$WORK/eval" --split test
 echo "pictures, CSV tables and detections in $WORK/eval (untrained network: $WORK/eval_untrained)"

@@ -14,7 +14,11 @@ from tests.conftest import REPO_ROOT
 BUNDLES_DIR = REPO_ROOT / "bundles"
 BASES = ("train.json", "inference.json")
 # overlays whose base is not the default (train.json, or inference.json for inference_*.json): (bundle, files...)
-EXTRA_SETS: list[tuple[str, ...]] = []
+EXTRA_SETS: list[tuple[str, ...]] = [
+    # the VA Faster R-CNN overlay also goes after evaluate.json and inference.json
+    ("cs_att_deeplesion", "train.json", "evaluate.json", "va_faster_rcnn.json"),
+    ("cs_att_deeplesion", "inference.json", "va_faster_rcnn.json"),
+]
 
 
 def _config_sets() -> list[tuple[str, ...]]:
