@@ -16,10 +16,9 @@ import torch
 from monai.inferers import Inferer
 from torch import nn
 
+from shared.data.lits import LESION, LIVER
 from shared.engines.inferers.feature_cache import ImageFeatureCache
 from shared.transforms.slice_bags import bag_slice_indices, image_slice_indices
-
-LITS_CLASSES = {"liver": 1, "lesion": 2}
 
 
 class VolumeMaskInferer(Inferer):
@@ -40,8 +39,8 @@ class VolumeMaskInferer(Inferer):
         self,
         score_threshold: float = 0.5,
         mask_threshold: float = 0.5,
-        liver_label: int = 1,
-        lesion_label: int | None = 2,
+        liver_label: int = LIVER,
+        lesion_label: int | None = LESION,
         cache_features: bool = True,
     ) -> None:
         super().__init__()
