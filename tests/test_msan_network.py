@@ -1,4 +1,4 @@
-"""The MSAN network family: shapes, variants, deep supervision, gradients, TorchScript."""
+"""The MSAN network family: shapes, variants, deep supervision, gradients, TorchScript, self-description."""
 
 import math
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from monai.losses import DeepSupervisionLoss, DiceLoss
 
-from shared.networks.msan import MSAN
+from shared.networks.msan import MSAN, architecture
 
 CHANNELS = (4, 8, 16)
 ANISO = ((2, 2, 1), (2, 2, 2))
@@ -33,8 +33,8 @@ def test_deep_supervision_returns_list_in_training_and_main_output_in_eval():
     model = MSAN(channels=CHANNELS, strides=ANISO, variant="v2", deep_supervision=True)
     x = torch.randn(2, 1, 16, 12, 4)
     outputs = model.train()(x)
-    # full resolution, then after the second-last pooling (16/2, 12/2, 4/1), then after the last (8/2, 6/2, 4/2)
-    assert [tuple(o.shape) for o in outputs] == [(2, 3, 16, 12, 4), (2, 3, 8, 6, 4), (2, 3, 4, 3, 2)]
+    # main, then the heads after the second-last and the last pooling, upsampled to the input grid (Dou et al.)
+    assert [tuple(o.shape) for o in outputs] == [(2, 3, 16, 12, 4)] * 3
     label = torch.randint(0, 3, (2, 1, 16, 12, 4)).float()  # as LoadImaged gives labels
     loss = DeepSupervisionLoss(DiceLoss(to_onehot_y=True, softmax=True))(outputs, label)
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -65,8 +65,58 @@ def test_variants_add_exactly_their_modules_parameters():
     # V2: Res2Net 8 -> 16, width 16 // 4 = 4, hidden 16, three 3x3x3 group convs; conv + batch norm (2 per channel)
     res2net = (8 * 16 + 16 + 2 * 16) + 3 * (4 * 4 * 27 + 4 + 2 * 4) + (16 * 16 + 16 + 2 * 16) + (8 * 16 + 16 + 2 * 16)
     assert v2 - v1 == res2net
-    # deep supervision: two 1x1x1 heads on 8 and 16 channels
-    assert v2_ds - v2 == (8 * out + out) + (16 * out + out)
+    # deep supervision: a 1x1x1 classifier on 8 and on 16 channels, each followed by a transposed conv out -> out of
+    # kernel = stride = the total pooling factor (2*2*1 after the second-last pooling, 4*4*2 after the last)
+    assert v2_ds - v2 == (8 * out + out) + (out * out * 4 + out) + (16 * out + out) + (out * out * 32 + out)
+
+
+def test_deep_supervision_heads_read_the_encoding_part_only():
+    """Paper sec. 2.2: deep supervision "in the last two max pooling of the encoding part": the auxiliary outputs do
+    not depend on the decoder, the gates or the main head, and each head sees the map after one of the last poolings.
+    """
+    torch.manual_seed(0)
+    model = MSAN(
+        channels=(4, 8, 16, 32), strides=((2, 2, 1), (2, 2, 1), (2, 2, 2)), variant="v2", deep_supervision=True
+    )
+    seen = []
+    for head in model.aux_heads:
+        head.register_forward_hook(lambda _m, inputs, _out: seen.append(tuple(inputs[0].shape)))
+    outputs = model.train()(torch.randn(1, 1, 16, 16, 4))
+    # after the second-last pooling: 16/4, 16/4, 4/1 with 16 channels; after the last: 16/8, 16/8, 4/2, 32 channels
+    assert seen == [(1, 16, 4, 4, 4), (1, 32, 2, 2, 2)]
+    sum(o.sum() for o in outputs[1:]).backward()
+    decoder_side = ("attentions", "ups", "decoders", "head.")
+    reached = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert not [n for n in reached if n.startswith(decoder_side)]
+    assert any(n.startswith("bottom_res2net") for n in reached) and any(n.startswith("encoders.2") for n in reached)
+
+
+@pytest.mark.parametrize(
+    "variant, ds, name, gates, res2net, heads",
+    [
+        ("unet", False, "3D U-Net", 0, 0, 0),
+        ("v1", False, "MSAN-V1", 2, 0, 0),
+        ("v2", False, "MSAN-V2", 2, 1, 0),
+        ("v2", True, "MSAN-V2 with deep supervision", 2, 1, 2),
+        ("v1", True, "MSAN-V1 with deep supervision", 2, 0, 2),
+    ],
+)
+def test_architecture_names_each_table1_model_from_its_blocks(variant, ds, name, gates, res2net, heads):
+    model = MSAN(channels=CHANNELS, strides=ANISO, variant=variant, deep_supervision=ds)
+    arch = architecture(model)
+    assert (arch.name, arch.attention_gates, arch.res2net_blocks, arch.supervision_heads) == (
+        name,
+        gates,
+        res2net,
+        heads,
+    )
+    assert arch.parameters == _count(model)
+
+
+def test_architecture_reads_the_modules_not_the_arguments():
+    model = MSAN(channels=CHANNELS, strides=ANISO, variant="v2")
+    model.bottom_res2net = None  # what the module tree holds decides the name
+    assert architecture(model).name == "MSAN-V1"
 
 
 def test_rejects_bad_configuration():
@@ -76,6 +126,9 @@ def test_rejects_bad_configuration():
         MSAN(channels=(4, 8, 16), strides=(2,))
     with pytest.raises(ValueError, match="at least 3 levels"):
         MSAN(channels=(4, 8), strides=(2,), deep_supervision=True)
+    # a knob typed on a command line arrives as a string; "false" must not switch deep supervision on
+    with pytest.raises(TypeError, match="deep_supervision must be True or False"):
+        MSAN(deep_supervision="false")
 
 
 def test_torchscript_matches_eager_in_eval():

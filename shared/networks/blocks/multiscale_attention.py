@@ -5,14 +5,17 @@ arrow, then the information-infused feature maps are input into a Sigmoid layer 
 recalibration. Then a element-wise multiplication is applied for feature enhancement. The enhanced features are then
 concatenated to the deep layers."
 
-The figure itself is missing from the text, so this is our reading of it:
+PAPER: the figure itself is missing from the text; the text fixes the sum, the sigmoid, the element-wise product and
+the concatenation, not what the two maps are nor what the purple arrow does. CHOICE (our reading):
 
 - "larger feature maps" = the finer encoder map ``a`` of a skip connection (larger spatial size);
 - "smaller feature maps" = the next coarser encoder map ``b`` (the level below, which the paper calls multi-scale
   information); the "purple arrow" brings it to the finer grid and channel count. We use a learnable transposed
-  convolution with kernel = stride = the pooling factor between the two levels (the up-convolution of the 3D U-Net);
-- weights ``g = sigmoid(a + up(b))``, each in (0, 1), and the enhanced map ``g * a`` replaces ``a`` on the skip
-  connection (it is what the decoder concatenates).
+  convolution with kernel = stride = the pooling factor between the two levels (the up-convolution of the 3D U-Net):
+  an element-wise sum needs equal shapes, and the 3D U-Net already moves maps up a level this way;
+- no convolution before the sigmoid (the text names none): weights ``g = sigmoid(a + up(b))``, each in (0, 1), and
+  the enhanced map ``g * a`` replaces ``a`` on the skip connection ("the enhanced features are then concatenated to
+  the deep layers": what the decoder concatenates).
 """
 
 import torch

@@ -1,8 +1,9 @@
 """Res2Net block (Gao et al., "Res2Net: A New Multi-scale Backbone Architecture", eq. 1), in 2D or 3D.
 
-MSAN-V2 (Sun et al., sec. 2.2, figs. 2-3) adds a 3D Res2Net block parallel to the bottom branch of the U-Net. Fig. 3
-is missing from the text; we follow Gao et al.'s bottleneck: a 1x1(x1) convolution, a split of its output into
-``scale`` groups ``x_1 .. x_s`` of ``width`` channels,
+MSAN-V2 (Sun et al., sec. 2.2, figs. 2-3) adds a 3D Res2Net block parallel to the bottom branch of the U-Net.
+PAPER: "The architecture of 3D Res2Net block is shown in Figure 3", and fig. 3 is missing from the text. CHOICE: Gao
+et al.'s bottleneck with every 2D convolution made 3D (the block the paper cites): a 1x1(x1) convolution, a split of
+its output into ``scale`` groups ``x_1 .. x_s`` of ``width`` channels,
 
     y_1 = x_1,   y_2 = K_2(x_2),   y_i = K_i(x_i + y_{i-1})  for 2 < i <= s      (Gao et al., eq. 1)
 
