@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# msan_kits end to end on phantom KiTS19 data, CPU-sized (about 10 minutes on 2 cores):
+#   bash scripts/msan_kits_job.sh [OUT_DIR]     (default: outputs/msan_kits_job; a new or empty folder)
+# Environment: EPOCHS (24), SEED (0: phantoms and network initialisation), OMP_NUM_THREADS (2).
+# Steps: environment -> phantom KiTS19 root -> train (monai.bundle run training) -> evaluate the test split with the
+# trained and with an untrained network -> inference on the test images -> metrics table, overlay PNG.
+# Every step is a `python -m monai.bundle` call on bundles/msan_kits/configs; the demo sizes are one args file.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+OUT_DIR=$(realpath -m "${1:-$REPO/outputs/msan_kits_job}")
+EPOCHS=${EPOCHS:-24}
+SEED=${SEED:-0}
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+CONFIGS=bundles/msan_kits/configs
+PY=.venv/bin/python
+if [ -e "$OUT_DIR" ] && { [ ! -d "$OUT_DIR" ] || [ -n "$(ls -A "$OUT_DIR")" ]; }; then
+  echo "$0: $OUT_DIR exists and is not an empty folder; give a new one (the job deletes nothing)" >&2
+  exit 1
+fi
+cd "$REPO"
+bash scripts/setup_env.sh
+mkdir -p "$OUT_DIR"
+start=$(date +%s)
+
+echo "== phantom KiTS19 data -> $OUT_DIR/kits19"
+$PY -m shared phantoms kits19 "$OUT_DIR/kits19" --seed "$SEED"
+
+# CPU demo sizes (the paper's are in bundles/msan_kits/docs/README.md): 5 mm grid, 48x48x16 patches, narrow MSAN-V1
+cat > "$OUT_DIR/demo_args.json" <<JSON
+{
+    "dataset_dir": "$OUT_DIR/kits19",
+    "ckpt_dir": "$OUT_DIR/models",
+    "output_dir": "$OUT_DIR/runs",
+    "seed": $SEED,
+    "spacing": [5.0, 5.0, 5.0],
+    "patch_size": [48, 48, 16],
+    "network_def#channels": [8, 16, 32, 64],
+    "network_def#norm": "instance",
+    "learning_rate": 0.005,
+    "num_workers": 0,
+    "sw_batch_size": 2
+}
+JSON
+
+echo "== training ($EPOCHS epochs)"
+$PY -m monai.bundle run training --config_file $CONFIGS/train.json --args_file "$OUT_DIR/demo_args.json" \
+  --epochs "$EPOCHS" --val_interval 8 --lr_step_epochs 1000
+
+echo "== untrained network (the weights training starts from: the baseline the trained one must beat)"
+$PY -m monai.bundle run save_untrained --config_file $CONFIGS/train.json --args_file "$OUT_DIR/demo_args.json" \
+  --save_untrained "\$torch.save(@network_def.state_dict(), '$OUT_DIR/untrained.pt')"
+
+echo "== evaluation of the test split: untrained, then trained"
+$PY -m monai.bundle run evaluating --config_file "['$CONFIGS/train.json','$CONFIGS/evaluate.json']" \
+  --args_file "$OUT_DIR/demo_args.json" --ckpt_path "$OUT_DIR/untrained.pt" --eval_dir "$OUT_DIR/eval_untrained"
+$PY -m monai.bundle run evaluating --config_file "['$CONFIGS/train.json','$CONFIGS/evaluate.json']" \
+  --args_file "$OUT_DIR/demo_args.json" --eval_dir "$OUT_DIR/eval"
+
+echo "== inference on the test images (a folder of .nii.gz, as a user would give it)"
+mkdir -p "$OUT_DIR/test_images"
+for case in $($PY -c "from shared.data.kits19 import make_datalist; print(' '.join(e['case'] for e in make_datalist('$OUT_DIR/kits19')['test']))"); do
+  ln -s "$OUT_DIR/kits19/$case/imaging.nii.gz" "$OUT_DIR/test_images/$case.nii.gz"
+done
+$PY -m monai.bundle run inference --config_file $CONFIGS/inference.json --args_file "$OUT_DIR/demo_args.json" \
+  --dataset_dir "$OUT_DIR/test_images" --ckpt_path "$OUT_DIR/models/model.pt" --output_dir "$OUT_DIR/predictions"
+
+echo
+echo "== KiTS19 Dice on the phantom test cases: untrained network"
+cat "$OUT_DIR/eval_untrained/kits19_metrics.txt"
+echo "== KiTS19 Dice on the phantom test cases: trained MSAN-V1 ($EPOCHS epochs)"
+cat "$OUT_DIR/eval/kits19_metrics.txt"
+echo "predictions: $OUT_DIR/predictions   metrics: $OUT_DIR/eval/kits19_metrics.csv   overlay: $OUT_DIR/eval/overlay.png"
+echo "msan_kits job took $(( $(date +%s) - start )) s after the environment setup"
