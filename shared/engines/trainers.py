@@ -52,7 +52,6 @@ class DetectionTrainer(Trainer):
         epoch_length: iterations per epoch (default ``len(train_data_loader)``).
         train_handlers: ignite/MONAI handlers (StatsHandler, CheckpointSaver, ValidationHandler, ...).
         amp: mixed precision with a GradScaler; used only on CUDA (ignored on CPU).
-        cpu_bf16: bfloat16 autocast on CPU (off by default: slower on most CPUs and less accurate).
         grad_clip_norm: clip the gradients' global L2 norm to this value (None: no clipping).
         loss_weights: optional factor per loss name (e.g. ``{"loss_mask": 2.0}``); others count 1.
     """
@@ -69,7 +68,6 @@ class DetectionTrainer(Trainer):
         prepare_batch: Callable = prepare_detection_batch,
         train_handlers: Sequence | None = None,
         amp: bool = False,
-        cpu_bf16: bool = False,
         grad_clip_norm: float | None = None,
         loss_weights: dict[str, float] | None = None,
     ) -> None:
@@ -87,16 +85,11 @@ class DetectionTrainer(Trainer):
         )
         self.network = network
         self.optimizer = optimizer
-        self.cpu_bf16 = cpu_bf16 and device.type == "cpu"
         self.grad_clip_norm = grad_clip_norm
         self.loss_weights = loss_weights or {}
 
     def _autocast(self):
-        if self.amp:
-            return torch.autocast("cuda")
-        if self.cpu_bf16:
-            return torch.autocast("cpu", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return torch.autocast("cuda") if self.amp else contextlib.nullcontext()
 
     def _iteration(self, engine: "DetectionTrainer", batchdata) -> dict[str, float]:
         images, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
