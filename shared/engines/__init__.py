@@ -1,1 +1,1 @@
-"""Ignite trainers/evaluators for detection models, slice-wise volume inferers and ensembles."""
+"""What runs a bundle workflow: volume I/O, inferers, trainers, evaluators, reports, and the helpers configs call."""
