@@ -43,7 +43,7 @@ def test_phantom_ids_populate_every_split():
 
 def test_phantom_layout_dtypes_and_orientation(phantom_root):
     names = sorted(p.name for p in phantom_root.iterdir())
-    assert names == ["case_00000", "case_00180", "case_00190", "case_00210"]
+    assert names == ["case_00000", "case_00180", "case_00190", "case_00210", "phantom_tumours.json"]
     assert not (_case(phantom_root, 210) / kits19.LABEL).exists()  # unlabeled like the real test cases
     image = nib.load(_case(phantom_root, 0) / kits19.IMAGE)
     label = nib.load(_case(phantom_root, 0) / kits19.LABEL)
@@ -152,7 +152,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_cli_phantoms_then_validate(tmp_path):
     out = tmp_path / "kits19"
     assert _cli("phantoms", "kits19", str(out), "--num_cases", "3").returncode == 0
-    assert sorted(p.name for p in out.iterdir()) == ["case_00000", "case_00180", "case_00190"]
+    assert sorted(p.name for p in out.iterdir()) == ["case_00000", "case_00180", "case_00190", "phantom_tumours.json"]
     result = _cli("validate", "kits19", str(out))
     assert result.returncode == 0, result.stderr
     bad = out / "case_00180" / kits19.IMAGE
