@@ -1,5 +1,6 @@
-"""DeepLesion FROC: overlaps, hit / duplicate / FP rules, FP-rate thresholds, Table 2 subgroups, the detection file,
-evaluate_dir on a DL_info.csv fixture, the CLI and the ignite metric."""
+"""DeepLesion FROC: overlaps (3DCE's +1 pixel boxes and continuous ones), hit / duplicate / FP rules, the 3DCE and
+reachable conventions at FP rates (ties, IoU = 0.5 exactly, images without lesions, rates past the curve's end),
+Table 2 subgroups, the detection file, evaluate_dir on a DL_info.csv fixture, the CLI and the ignite metric."""
 
 import csv
 import json
@@ -18,15 +19,31 @@ from shared.metrics import deeplesion as dl
 
 def test_iou_and_iobb_by_hand_and_iou_as_torchvision():
     det = np.array([[0, 0, 10, 10]])
-    assert dl.box_overlaps(det, [[5, 0, 15, 10]])[0, 0] == pytest.approx(50 / 150)
-    assert dl.box_overlaps(det, [[0, 0, 20, 20]])[0, 0] == pytest.approx(100 / 400)  # detection inside the lesion
-    assert dl.box_overlaps(det, [[0, 0, 20, 20]], use_iobb=True)[0, 0] == 1.0  # IoBB: / detected box's area
-    assert dl.box_overlaps(det, [[20, 20, 30, 30]])[0, 0] == 0.0
+    continuous = {"pixel_inclusive": False}
+    assert dl.box_overlaps(det, [[5, 0, 15, 10]], **continuous)[0, 0] == pytest.approx(50 / 150)
+    assert dl.box_overlaps(det, [[0, 0, 20, 20]], **continuous)[0, 0] == pytest.approx(100 / 400)  # det inside
+    assert dl.box_overlaps(det, [[0, 0, 20, 20]], use_iobb=True, **continuous)[0, 0] == 1.0  # / detected box's area
+    assert dl.box_overlaps(det, [[20, 20, 30, 30]], **continuous)[0, 0] == 0.0
     rng = np.random.default_rng(0)
     a = np.sort(rng.uniform(0, 50, (6, 2, 2)), axis=1).transpose(0, 2, 1).reshape(6, 4)[:, [0, 2, 1, 3]]
     b = np.sort(rng.uniform(0, 50, (4, 2, 2)), axis=1).transpose(0, 2, 1).reshape(4, 4)[:, [0, 2, 1, 3]]
     expected = box_iou(torch.tensor(a), torch.tensor(b)).numpy()  # continuous convention: no +1
-    assert dl.box_overlaps(a, b) == pytest.approx(expected)
+    assert dl.box_overlaps(a, b, **continuous) == pytest.approx(expected)
+
+
+def test_overlaps_default_to_3dce_inclusive_pixels_by_hand():
+    det = np.array([[0, 0, 10, 10]])  # 11 x 11 = 121 pixels
+    # [5, 0, 15, 10]: 11 x 11, columns 5-10 shared: 6 x 11 = 66 of 121 + 121 - 66 = 176
+    assert dl.box_overlaps(det, [[5, 0, 15, 10]])[0, 0] == pytest.approx(66 / 176)
+    assert dl.box_overlaps(det, [[0, 0, 20, 20]])[0, 0] == pytest.approx(121 / 441)  # inside a 21 x 21 lesion
+    assert dl.box_overlaps(det, [[0, 0, 20, 20]], use_iobb=True)[0, 0] == 1.0
+    assert dl.box_overlaps(det, [[11, 0, 21, 10]])[0, 0] == 0.0  # adjacent pixel columns: touching, no overlap
+    assert dl.box_overlaps(det, [[10, 0, 20, 10]])[0, 0] == pytest.approx(11 / 231)  # one shared column of 11
+    assert dl.box_overlaps(det, [[10, 0, 20, 10]], pixel_inclusive=False)[0, 0] == 0.0  # continuous: an edge
+    # half of a 10 x 10 lesion: 50 / 100 = 0.5 exactly with +1; continuous 9 x 4 in 9 x 9: 36 / 81
+    half = dl.box_overlaps([[0, 0, 9, 4]], [[0, 0, 9, 9]])[0, 0]
+    assert half == 0.5
+    assert dl.box_overlaps([[0, 0, 9, 4]], [[0, 0, 9, 9]], pixel_inclusive=False)[0, 0] == pytest.approx(36 / 81)
 
 
 # Three images, lesions A, B (image 0) and C (image 1), image 2 without lesion; detections by decreasing score:
@@ -41,12 +58,16 @@ BOXES = [
 SCORES = [np.array([0.9, 0.8, 0.7, 0.4]), np.array([0.85, 0.6, 0.3]), np.array([0.5])]
 
 
-def test_froc_by_hand_with_iou():
-    result = dl.froc(BOXES, SCORES, GT)
+@pytest.mark.parametrize("convention", ["3dce", "reachable"])
+def test_froc_by_hand_with_iou(convention):
+    result = dl.froc(BOXES, SCORES, GT, convention=convention)
     # thresholds inf .9 .85 .8 .7 .6 .5 .4 .3 -> FPs 0 0 1 1 2 3 4 4 5 (over 3 images), lesions found 0 1 1 1 1 1 1 2 2
+    # (the .6 box inside C has IoU 180 / 400 = .45 continuous, 209 / 441 = .47 with +1: a FP in both conventions)
     assert result.curve_fps == pytest.approx(np.array([0, 0, 1, 1, 2, 3, 4, 4, 5]) / 3)
     assert result.curve_sensitivity == pytest.approx(np.array([0, 1, 1, 1, 1, 1, 1, 2, 2]) / 3)
-    # 0.5 FP/image: the duplicate at .8 adds no FP, so the threshold goes down to .8 (1 FP over 3 images)
+    # 0.5 FP/image: the duplicate at .8 adds no FP, so the threshold goes down to .8 (1 FP over 3 images); 3DCE
+    # interpolates from there to the .7 FP at the same sensitivity. 1 FP/image is the .6 FP itself (3 FPs / 3) in
+    # both; from 2 FPs/image on, past the curve's end (5 / 3): its last point.
     assert result.thresholds.tolist() == [0.8, 0.6, 0.3, 0.3, 0.3, 0.3]
     assert result.sensitivities == pytest.approx([1 / 3, 1 / 3, 2 / 3, 2 / 3, 2 / 3, 2 / 3])
     assert result.as_dict()["sens@4"] == pytest.approx(2 / 3)
@@ -55,10 +76,74 @@ def test_froc_by_hand_with_iou():
 
 
 def test_froc_with_iobb_counts_the_detection_inside_the_lesion():
-    result = dl.froc(BOXES, SCORES, GT, use_iobb=True)
+    result = dl.froc(BOXES, SCORES, GT, use_iobb=True, convention="reachable")
     assert result.curve_fps == pytest.approx(np.array([0, 0, 1, 1, 2, 2, 3, 3, 4]) / 3)
     assert result.curve_sensitivity == pytest.approx(np.array([0, 1, 1, 1, 1, 2, 2, 3, 3]) / 3)
     assert result.sensitivities == pytest.approx([1 / 3, 1.0, 1.0, 1.0, 1.0, 1.0])
+    # 3DCE: 1 FP/image (3 FPs over 3 images) is first reached by the .5 FP, before B is found at .4: 2 / 3
+    # (scipy's interp1d in sens_at_FP takes the first curve point at an FP value the curve reaches exactly)
+    result = dl.froc(BOXES, SCORES, GT, use_iobb=True)
+    assert result.curve_fps == pytest.approx(np.array([0, 0, 1, 1, 2, 2, 3, 3, 4]) / 3)
+    assert result.sensitivities == pytest.approx([1 / 3, 2 / 3, 1.0, 1.0, 1.0, 1.0])
+    assert result.threshold_at(1.0) == 0.5 and result.threshold_at(0.9) == 0.6
+
+
+def test_3dce_reads_the_curve_where_it_first_reaches_a_rate_and_interpolates_between_points():
+    # two images, one lesion each; by score: .9 FP (image 0), .8 finds it, .7 FP (image 1), .6 finds its lesion.
+    # Curve (FPs per image, sensitivity): (0, 0) (.5, 0) (.5, .5) (1, .5) (1, 1).
+    gts = [np.array([[0, 0, 9, 9]]), np.array([[0, 0, 9, 9]])]
+    boxes = [np.array([[50, 50, 59, 59], [0, 0, 9, 9]]), np.array([[50, 50, 59, 59], [0, 0, 9, 9]])]
+    scores = [np.array([0.9, 0.8]), np.array([0.7, 0.6])]
+    rates = (0.25, 0.5, 0.75, 1.0, 2.0)
+    three_dce = dl.froc(boxes, scores, gts, fp_rates=rates)
+    # .25: between (0, 0) and (.5, 0); .5: the .9 FP; .75: between (.5, .5) and (1, .5); 1: the .7 FP; 2: the end
+    assert three_dce.sensitivities == pytest.approx([0.0, 0.0, 0.5, 0.5, 1.0])
+    assert three_dce.thresholds.tolist() == [np.inf, 0.9, 0.8, 0.7, 0.6]
+    reachable = dl.froc(boxes, scores, gts, fp_rates=rates, convention="reachable")
+    assert reachable.sensitivities == pytest.approx([0.0, 0.5, 0.5, 1.0, 1.0])
+    assert reachable.thresholds.tolist() == [np.inf, 0.8, 0.8, 0.6, 0.6]
+
+
+def test_conventions_on_ties_iou_of_one_half_and_images_without_lesions():
+    # 4 images: 0 with lesions L1, L2; 1 with L3 (20 x 20 pixels); 2 and 3 without lesion. By score:
+    # .95 finds L1; .9 FP on image 2; .8 a box on the top half of L3 (IoU 200 / 400 = .5 exactly with +1, a hit;
+    # continuous 19 * 9 / (19 * 19) = .47, a FP) tied with .8 FP on image 3; .7 finds L2; .6 FP on image 2.
+    gts = [np.array([[0, 0, 9, 9], [20, 20, 29, 29]]), np.array([[0, 0, 19, 19]]), np.zeros((0, 4)), np.zeros((0, 4))]
+    boxes = [
+        np.array([[0, 0, 9, 9], [20, 20, 29, 29]]),
+        np.array([[0, 0, 19, 9]]),
+        np.array([[0, 0, 9, 9], [30, 30, 39, 39]]),
+        np.array([[5, 5, 9, 9]]),
+    ]
+    scores = [np.array([0.95, 0.7]), np.array([0.8]), np.array([0.9, 0.6]), np.array([0.8])]
+    rates = (0.25, 0.375, 0.5, 1.0)
+    # 3DCE: curve (0, 0) (0, 1/3) (.25, 1/3) (.5, 2/3) after the tie at .8 (2 FPs, 1 hit) (.5, 1) (.75, 1).
+    # .375 lies halfway across the tie: 1/3 + (2/3 - 1/3) / 2 = 1/2; 1 FP/image is past the end (.75): 1.
+    three_dce = dl.froc(boxes, scores, gts, fp_rates=rates)
+    assert three_dce.curve_fps == pytest.approx([0, 0, 0.25, 0.5, 0.5, 0.75])
+    assert three_dce.curve_sensitivity == pytest.approx(np.array([0, 1, 1, 2, 3, 3]) / 3)
+    assert three_dce.sensitivities == pytest.approx([1 / 3, 1 / 2, 2 / 3, 1.0])
+    assert three_dce.thresholds.tolist() == [0.9, 0.9, 0.8, 0.6]
+    assert three_dce.num_images == 4 and three_dce.num_lesions == 3
+    # reachable: the .8 box on L3 is a FP, so the tie adds 2 FPs and no hit: curve (0, 0) (0, 1/3) (.25, 1/3)
+    # (.75, 1/3) (.75, 2/3) (1, 2/3)
+    reachable = dl.froc(boxes, scores, gts, fp_rates=rates, convention="reachable")
+    assert reachable.curve_fps == pytest.approx([0, 0, 0.25, 0.75, 0.75, 1.0])
+    assert reachable.sensitivities == pytest.approx([1 / 3, 1 / 3, 1 / 3, 2 / 3])
+    assert reachable.thresholds.tolist() == [0.9, 0.9, 0.9, 0.6]
+    with pytest.raises(ValueError, match="convention must be one of"):
+        dl.froc(boxes, scores, gts, convention="3DCE")
+    with pytest.raises(ValueError, match="fp_rates must be > 0"):
+        dl.froc(boxes, scores, gts, fp_rates=(0, 1))
+
+
+def test_past_the_curves_end_the_last_point_even_when_it_is_a_hit():
+    # one image, two lesions; .9 FP, .5 finds both (IoU 1 and 100 / 110 with +1): the curve ends on a hit at 1 FP
+    gts = [np.array([[0, 0, 9, 9], [0, 0, 10, 9]])]
+    result = dl.froc([np.array([[30, 30, 39, 39], [0, 0, 9, 9]])], [np.array([0.9, 0.5])], gts)
+    assert result.curve_fps.tolist() == [0.0, 1.0, 1.0]
+    # 0.5: between (0, 0) and (1, 0); 1: where the curve first reaches 1 FP, the .9 FP; 2 ... 16: the last point
+    assert result.sensitivities == pytest.approx([0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
 
 
 def test_one_detection_finds_every_unfound_lesion_it_overlaps_as_3dce():
@@ -70,8 +155,11 @@ def test_one_detection_finds_every_unfound_lesion_it_overlaps_as_3dce():
 def test_equal_scores_are_kept_or_dropped_together():
     gts = [np.array([[0, 0, 10, 10]])]
     boxes = [np.array([[0, 0, 10, 10], [50, 50, 60, 60]])]
-    result = dl.froc(boxes, [np.array([0.5, 0.5])], gts, fp_rates=(0.5, 1))
+    result = dl.froc(boxes, [np.array([0.5, 0.5])], gts, fp_rates=(0.5, 1), convention="reachable")
     assert result.sensitivities.tolist() == [0.0, 1.0]  # the hit cannot be kept without its equal-score FP
+    # 3DCE convention: one straight segment from (0 FPs, 0) to (1 FP, 1) across the tie, halfway at 0.5 FP
+    result = dl.froc(boxes, [np.array([0.5, 0.5])], gts, fp_rates=(0.5, 1))
+    assert result.sensitivities.tolist() == [0.5, 1.0]
 
 
 def test_no_detection_and_no_lesion():
@@ -198,8 +286,13 @@ def test_evaluate_dir_perfect_then_one_lesion_missed(deeplesion_root, tmp_path):
     # the bone lesion's detection moved off it: a FP at .8, the lesion missed
     exact[1]["box"] = [100, 100, 120, 120]
     dl.write_detections(pred_dir / "detections.json", exact)
+    reachable = dl.evaluate_dir(pred_dir, deeplesion_root, convention="reachable")
+    assert reachable.summary["sens@0.5"] == pytest.approx(2 / 3)  # 1 FP over 2 images = 0.5 FP per image
+    # 3DCE: 0.5 FP per image is first reached by the .8 FP itself, before the liver lesion is found at .7
     table = dl.evaluate_dir(pred_dir, deeplesion_root)
-    assert table.summary["sens@0.5"] == pytest.approx(2 / 3)  # 1 FP over 2 images = 0.5 FP per image
+    assert table.summary["sens@0.5"] == pytest.approx(1 / 3)
+    assert table.summary["sens@1"] == pytest.approx(2 / 3)  # past the curve's end (0.5): its last point
+    assert "3DCE convention" in table.title and "reachable convention" in reachable.title
     assert table.rows[0]["found@4"] == 1 and table.rows[0]["fp@4"] == 1
     assert table.summary["sens@4_BN"] == 0.0 and table.summary["sens@4_LU"] == 1.0
     assert table.summary["sens@4_>30mm"] == 0.0 and table.summary["sens@4_10-30mm"] == 1.0
@@ -240,6 +333,33 @@ def test_cli_prints_the_table(deeplesion_root, tmp_path, repo_root):
     assert done.returncode == 2 and "no_such_option" in done.stderr
 
 
+def test_cli_reports_the_3dce_convention_by_default_and_reachable_on_request(deeplesion_root, tmp_path, repo_root):
+    # lung lesion found at .9, a FP at .8 on the same key slice, liver lesion found at .7; 3 lesions on 2 key slices
+    dl.write_detections(
+        tmp_path / "detections.json",
+        [
+            {"series": "000001_01_01", "slice": 10, "box": [10, 10, 30, 30], "score": 0.9},
+            {"series": "000001_01_01", "slice": 10, "box": [100, 100, 120, 120], "score": 0.8},
+            {"series": "000002_01_01", "slice": 20, "box": [20, 20, 60, 60], "score": 0.7},
+        ],
+    )
+    command = [sys.executable, "-m", "shared", "evaluate", "deeplesion", str(tmp_path), str(deeplesion_root)]
+
+    def sens(stdout: str, rate: str) -> str:
+        return next(line.split()[-1] for line in stdout.splitlines() if line.startswith(f"sens@{rate} "))
+
+    default = subprocess.run(command, cwd=repo_root, capture_output=True, text=True)
+    assert default.returncode == 0, default.stderr
+    assert "3DCE convention: +1 pixel boxes, FROC interpolated as sens_at_FP" in default.stdout.splitlines()[0]
+    assert sens(default.stdout, "0.5") == "0.3333" and sens(default.stdout, "1") == "0.6667"
+    reachable = subprocess.run([*command, "--convention", "reachable"], cwd=repo_root, capture_output=True, text=True)
+    assert reachable.returncode == 0, reachable.stderr
+    assert "reachable convention" in reachable.stdout.splitlines()[0]
+    assert sens(reachable.stdout, "0.5") == "0.6667"
+    wrong = subprocess.run([*command, "--convention", "paper"], cwd=repo_root, capture_output=True, text=True)
+    assert wrong.returncode == 1 and "convention must be one of ('3dce', 'reachable'), got 'paper'" in wrong.stderr
+
+
 def test_ignite_metric_equals_froc():
     from shared.metrics.froc_metric import DeepLesionFROCMetric
 
@@ -257,3 +377,18 @@ def test_ignite_metric_equals_froc():
     assert {rate: engine.state.metrics[f"froc@{rate:g}"] for rate in dl.FP_RATES} == pytest.approx(
         {rate: expected[f"sens@{rate:g}"] for rate in dl.FP_RATES}
     )
+
+
+def test_ignite_metric_uses_the_3dce_convention_by_default():
+    from shared.metrics.froc_metric import DeepLesionFROCMetric
+
+    # the IoBB case above at 1 FP per image: 2/3 in 3DCE's reading of the curve, 1 at the reachable point
+    def step(engine, batch):
+        predictions = [{"boxes": torch.tensor(BOXES[i]), "scores": torch.tensor(SCORES[i])} for i in range(3)]
+        return predictions, [{"boxes": torch.tensor(GT[i])} for i in range(3)]
+
+    for kwargs, expected in (({}, 2 / 3), ({"convention": "reachable"}, 1.0)):
+        engine = Engine(step)
+        DeepLesionFROCMetric(key_fp_rate=1.0, use_iobb=True, **kwargs).attach(engine, "froc")
+        engine.run([0], max_epochs=1)
+        assert engine.state.metrics["froc"] == pytest.approx(expected)

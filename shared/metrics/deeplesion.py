@@ -2,8 +2,22 @@
 CS-Att paper reports (Tao et al. 2019, sec. 3 "Evaluation metrics": IoU > 0.5, sensitivity at 0.5, 1, 2, 4, 8, 16
 FPs per image; Table 2: sensitivity at 4 FPs per image by lesion type, diameter and slice interval).
 
-Boxes are ``[x1, y1, x2, y2]`` in 0-based pixel coordinates of the PNG's pixel grid, continuous: area
-``(x2 - x1) * (y2 - y1)`` (3DCE adds 1 pixel to widths and heights; we do not).
+Two conventions (``CONVENTIONS``), chosen by ``convention``:
+
+- ``"3dce"`` (default): the papers' tables, which come from 3DCE's evaluation code (``rcnn/utils/evaluation.py``
+  of lesion_detector_3DCE: ``IOU``, ``FROC``, ``sens_at_FP``). Boxes are inclusive pixel ranges: a box
+  ``[x1, y1, x2, y2]`` covers ``(x2 - x1 + 1) * (y2 - y1 + 1)`` pixels; a detection hits a lesion at overlap
+  ``>= iou_threshold``. The sensitivity at a rate is read off the pooled FROC curve as 3DCE's ``sens_at_FP`` reads
+  it (``scipy.interpolate.interp1d(..., fill_value="extrapolate")`` of sensitivity over FPs per image along the
+  curve sorted by score, which looks rates up with ``searchsorted(side="left")``): where the curve reaches the rate
+  exactly, the point where it first does (the detection that is the rate's last FP, before the hits ranked below
+  it; ``np.interp`` would take the last such point); between two points, linearly between them; beyond the curve's
+  end, its last point (3DCE extrapolates the last segment, which is flat whenever the lowest-scored detection is a
+  FP; the DeepLesion evaluation code that followed 3DCE reports the last point).
+- ``"reachable"``: boxes are continuous, area ``(x2 - x1) * (y2 - y1)``; the sensitivity at a rate is that of the
+  lowest score threshold whose FPs per image stay <= the rate, an operating point a threshold can reach.
+
+Boxes are ``[x1, y1, x2, y2]`` in 0-based pixel coordinates of the PNG's pixel grid in both.
 
 Detection file (written by the cs_att_deeplesion inference, read by ``evaluate_dir``): a JSON object ::
 
@@ -34,20 +48,48 @@ FP_RATES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 TYPE_ORDER = ("LU", "ME", "LV", "ST", "PV", "AB", "KD", "BN")  # the lesion type columns of CS-Att Table 2
 DIAMETER_GROUPS = ("<10mm", "10-30mm", ">30mm")
 INTERVAL_GROUPS = ("<2.5mm", ">=2.5mm")
+CONVENTIONS = ("3dce", "reachable")
+CONVENTION_TITLES = {
+    "3dce": "3DCE convention: +1 pixel boxes, FROC interpolated as sens_at_FP",
+    "reachable": "reachable convention: continuous boxes, reachable operating points",
+}
 
 
-def box_overlaps(det_boxes: np.ndarray, gt_boxes: np.ndarray, use_iobb: bool = False) -> np.ndarray:
+def box_overlaps(
+    det_boxes: np.ndarray, gt_boxes: np.ndarray, use_iobb: bool = False, pixel_inclusive: bool = True
+) -> np.ndarray:
     """(K, G) overlaps of detected and ground-truth boxes: IoU, or with ``use_iobb`` IoBB = intersection / area of
-    the detected box (DeepLesion paper's criterion)."""
+    the detected box (DeepLesion paper's criterion). With ``pixel_inclusive`` (3DCE) widths and heights are
+    ``x2 - x1 + 1`` and ``y2 - y1 + 1`` pixels; without, ``x2 - x1`` and ``y2 - y1`` (as torchvision)."""
+    extent = 1.0 if pixel_inclusive else 0.0
     det = np.asarray(det_boxes, dtype=float).reshape(-1, 4)[:, None, :]
     gt = np.asarray(gt_boxes, dtype=float).reshape(-1, 4)[None, :, :]
-    width = np.clip(np.minimum(det[..., 2], gt[..., 2]) - np.maximum(det[..., 0], gt[..., 0]), 0, None)
-    height = np.clip(np.minimum(det[..., 3], gt[..., 3]) - np.maximum(det[..., 1], gt[..., 1]), 0, None)
+    width = np.clip(np.minimum(det[..., 2], gt[..., 2]) - np.maximum(det[..., 0], gt[..., 0]) + extent, 0, None)
+    height = np.clip(np.minimum(det[..., 3], gt[..., 3]) - np.maximum(det[..., 1], gt[..., 1]) + extent, 0, None)
     inter = width * height
-    det_area = (det[..., 2] - det[..., 0]) * (det[..., 3] - det[..., 1])
-    denominator = det_area if use_iobb else det_area + (gt[..., 2] - gt[..., 0]) * (gt[..., 3] - gt[..., 1]) - inter
+    det_area = (det[..., 2] - det[..., 0] + extent) * (det[..., 3] - det[..., 1] + extent)
+    gt_area = (gt[..., 2] - gt[..., 0] + extent) * (gt[..., 3] - gt[..., 1] + extent)
+    denominator = det_area if use_iobb else det_area + gt_area - inter
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(denominator > 0, inter / denominator, 0.0)
+
+
+def _operating_point(curve_fps: np.ndarray, fp_rate: float, convention: str) -> int:
+    """Index of the curve point that gives the sensitivity at ``fp_rate`` (3DCE: the left end of the segment
+    interpolated, or the point reaching the rate exactly)."""
+    if convention == "reachable" or fp_rate > curve_fps[-1]:
+        return int(np.flatnonzero(curve_fps <= fp_rate)[-1])
+    first = int(np.searchsorted(curve_fps, fp_rate, side="left"))  # >= 1: the curve starts at 0 FPs, rates are > 0
+    return first if curve_fps[first] == fp_rate else first - 1
+
+
+def _sensitivity_at(curve_fps: np.ndarray, curve_sensitivity: np.ndarray, fp_rate: float, convention: str) -> float:
+    """Sensitivity at ``fp_rate``: the operating point's, or 3DCE's linear interpolation to the next point."""
+    i = _operating_point(curve_fps, fp_rate, convention)
+    if convention == "reachable" or i == len(curve_fps) - 1 or curve_fps[i] == fp_rate:
+        return float(curve_sensitivity[i])
+    fraction = (fp_rate - curve_fps[i]) / (curve_fps[i + 1] - curve_fps[i])
+    return float(curve_sensitivity[i] + fraction * (curve_sensitivity[i + 1] - curve_sensitivity[i]))
 
 
 @dataclass
@@ -57,8 +99,10 @@ class FROCResult:
     The curve has one point per distinct detection score (threshold), in decreasing order, after a first point
     (0, 0) at threshold +inf (no detection kept). ``lesion_scores[i][g]`` is the highest score among the
     detections of image i matching lesion g (-inf if none): the lesion is found at every threshold <= it.
+    ``thresholds[j]`` is ``threshold_at(fp_rates[j])``.
     """
 
+    convention: str
     fp_rates: tuple[float, ...]
     sensitivities: np.ndarray
     thresholds: np.ndarray
@@ -76,8 +120,13 @@ class FROCResult:
         return self.curve_fps, self.curve_sensitivity
 
     def threshold_at(self, fp_rate: float) -> float:
-        """Lowest score threshold whose FPs per image are <= ``fp_rate`` (+inf if even the best detection is a FP)."""
-        return float(self.curve_thresholds[np.flatnonzero(self.curve_fps <= fp_rate)[-1]])
+        """Score threshold of the operating point behind the sensitivity at ``fp_rate`` (+inf: no detection kept).
+
+        Reachable convention: the lowest threshold whose FPs per image are <= ``fp_rate``. 3DCE convention: the
+        threshold of the point where the curve reaches ``fp_rate`` exactly, else of the last point before it, which
+        is the point whose sensitivity 3DCE reports unless equal scores are interpolated (see ``froc``).
+        """
+        return float(self.curve_thresholds[_operating_point(self.curve_fps, fp_rate, self.convention)])
 
     def as_dict(self) -> dict[str, float]:
         """``{"sens@0.5": ..., ..., "sens@16": ...}``."""
@@ -102,34 +151,43 @@ def froc(
     fp_rates: Sequence[float] = FP_RATES,
     iou_threshold: float = 0.5,
     use_iobb: bool = False,
+    convention: str = "3dce",
 ) -> FROCResult:
     """FROC of detections on a set of images (lists with one entry per image), as 3DCE's ``FROC``/``sens_at_FP``.
 
     All detections of all images are pooled and sorted by score. Going down the list, a detection overlapping
     (IoU, or IoBB with ``use_iobb``, >= ``iou_threshold``) a not-yet-found lesion of its image is a hit and finds
-    every such lesion — like 3DCE, which marks all unfound lesions above the threshold, not only the one with the
-    highest overlap; a detection overlapping only already-found lesions is neither a hit nor a false positive; any
-    other detection is a false positive. Hits and FPs therefore do not depend on the order among detections.
+    every such lesion, as 3DCE marks all unfound lesions above the threshold, not only the one with the highest
+    overlap; a detection overlapping only already-found lesions is neither a hit nor a false positive; any other
+    detection, and every detection on an image without lesions, is a false positive. Hits and FPs therefore do not
+    depend on the order among detections.
 
-    Sensitivity at a rate = found lesions / all lesions at the lowest score threshold whose FPs / number of
-    images stay <= the rate (detections with equal scores are kept or dropped together). 3DCE interpolates
-    linearly between operating points instead; we report an operating point a threshold can actually reach.
-    If no image has a lesion, sensitivities are NaN.
+    Equal scores: 3DCE's curve has one point per detection, in the order an unstable sort leaves equal scores in.
+    Here detections with equal scores are kept or dropped together: one curve point per distinct score, and the
+    3DCE convention interpolates straight across a group of equal scores, as ROC analysis treats ties (Fawcett
+    2006). Without equal scores both curves have the same points.
+
+    Sensitivity at a rate (``convention``, see the module docstring): 3DCE's reading of the curve (``"3dce"``) or
+    the lowest reachable score threshold with FPs / number of images <= the rate (``"reachable"``); past the curve's
+    end both give its last point. Boxes are inclusive pixel ranges (+1) in the 3DCE convention, continuous in the
+    other. If no image has a lesion, sensitivities are NaN.
     """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
     if not len(pred_boxes) == len(pred_scores) == len(gt_boxes):
         raise ValueError(
             f"one entry per image expected: {len(pred_boxes)} pred_boxes, {len(pred_scores)} pred_scores, "
             f"{len(gt_boxes)} gt_boxes"
         )
-    if any(rate < 0 for rate in fp_rates):
-        raise ValueError(f"fp_rates must be >= 0, got {list(fp_rates)}")
+    if any(rate <= 0 for rate in fp_rates):
+        raise ValueError(f"fp_rates must be > 0, got {list(fp_rates)}")
     lesion_scores, detection_is_fp, all_scores = [], [], []
     for i, (boxes, scores, gts) in enumerate(zip(pred_boxes, pred_scores, gt_boxes)):
         boxes, gts = _as_boxes(boxes, f"pred_boxes[{i}]"), _as_boxes(gts, f"gt_boxes[{i}]")
         scores = np.asarray(scores, dtype=float).reshape(-1)
         if len(scores) != len(boxes) or not np.all(np.isfinite(scores)):
             raise ValueError(f"pred_scores[{i}]: expected {len(boxes)} finite scores, got {scores.tolist()}")
-        match = box_overlaps(boxes, gts, use_iobb) >= iou_threshold
+        match = box_overlaps(boxes, gts, use_iobb, pixel_inclusive=convention == "3dce") >= iou_threshold
         detection_is_fp.append(~match.any(axis=1))
         lesion_scores.append(np.where(match, scores[:, None], -np.inf).max(axis=0, initial=-np.inf))
         all_scores.append(scores)
@@ -141,11 +199,11 @@ def froc(
     fps = (len(fp_scores) - np.searchsorted(fp_scores, thresholds, side="left")) / max(num_images, 1)
     found = len(found_scores) - np.searchsorted(found_scores, thresholds, side="left")
     sensitivity = found / num_lesions if num_lesions else np.full(len(thresholds), math.nan)
-    at = [np.flatnonzero(fps <= rate)[-1] for rate in fp_rates]
     return FROCResult(
+        convention=convention,
         fp_rates=tuple(float(r) for r in fp_rates),
-        sensitivities=sensitivity[at],
-        thresholds=thresholds[at],
+        sensitivities=np.array([_sensitivity_at(fps, sensitivity, rate, convention) for rate in fp_rates]),
+        thresholds=thresholds[[_operating_point(fps, rate, convention) for rate in fp_rates]],
         curve_fps=fps,
         curve_sensitivity=sensitivity,
         curve_thresholds=thresholds,
@@ -289,9 +347,11 @@ def score_detections(
     use_iobb: bool = False,
     fp_rate: float = 4.0,
     source: str = "detections",
+    convention: str = "3dce",
 ) -> tuple[MetricTable, FROCResult]:
     """FROC of detections (dicts of the detection file) on key slices, as a table and the ``FROCResult``.
 
+    ``convention``: ``"3dce"`` (the papers' tables) or ``"reachable"``, see ``froc``; the title names it.
     Rows: per key slice, its lesions, those found and the false positives at the threshold of ``fp_rate``.
     Summary: sensitivities at 0.5-16 FPs per image, and CS-Att Table 2 groups at ``fp_rate``. Detections on other
     slices are ignored and counted; if there are detections but none on a key slice, a ValueError (naming
@@ -318,6 +378,7 @@ def score_detections(
         [k.boxes for k in truth],
         iou_threshold=iou_threshold,
         use_iobb=use_iobb,
+        convention=convention,
     )
     threshold = result.threshold_at(fp_rate)
     rows = [
@@ -341,7 +402,8 @@ def score_detections(
         **{f"sens@{fp_rate:g}_{group}": value for group, value in breakdown.items()},
     }
     criterion = "IoBB" if use_iobb else "IoU"
-    return MetricTable(rows, summary, title=f"DeepLesion: {source} ({criterion} >= {iou_threshold})"), result
+    title = f"DeepLesion: {source} ({criterion} >= {iou_threshold}; {CONVENTION_TITLES[convention]})"
+    return MetricTable(rows, summary, title=title), result
 
 
 def evaluate_dir(
@@ -351,15 +413,19 @@ def evaluate_dir(
     iou_threshold: float = 0.5,
     use_iobb: bool = False,
     fp_rate: float = 4.0,
+    convention: str = "3dce",
 ) -> MetricTable:
     """Score ``<pred_dir>/detections.json`` on the key slices of ``split`` (``key_slices``) of the DeepLesion root
-    ``ref_dir``, read with ``shared.data.deeplesion.read_annotations``; see ``score_detections``."""
+    ``ref_dir``, read with ``shared.data.deeplesion.read_annotations``, in ``convention`` (``"3dce"``: the papers'
+    tables; ``"reachable"``); see ``score_detections``."""
     path = Path(pred_dir) / "detections.json"
     if not path.is_file():
         raise ValueError(f"{path}: not found; the detection inference writes it (format: shared.metrics.deeplesion)")
     truth = key_slices(read_annotations(ref_dir), split)
     if not truth:
         raise ValueError(f"{ref_dir}: no key slice in split {split!r} (after removing noisy rows)")
-    table, _ = score_detections(read_detections(path), truth, iou_threshold, use_iobb, fp_rate, source=str(path))
+    table, _ = score_detections(
+        read_detections(path), truth, iou_threshold, use_iobb, fp_rate, source=str(path), convention=convention
+    )
     table.title += f", {split} key slices of {ref_dir}"
     return table

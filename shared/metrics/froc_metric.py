@@ -24,6 +24,8 @@ class DeepLesionFROCMetric(Metric):
     0-based pixel [x1, y1, x2, y2]). ``compute()`` returns the sensitivity at ``key_fp_rate`` (3DCE selects its
     model on sensitivity at 4 FPs per image); when attached as ``name``, the sensitivity at every ``fp_rates``
     is also stored as ``engine.state.metrics[f"{name}@{rate:g}"]``, and ``self.result`` keeps the ``FROCResult``.
+    ``convention`` is that of ``shared.metrics.deeplesion.froc``: 3DCE's (the papers' tables) by default, applied
+    to the boxes as given (validation sees them in the preprocessed pixels, 3DCE's in the PNG's).
     Under DDP the images of all processes are gathered first.
     """
 
@@ -33,6 +35,7 @@ class DeepLesionFROCMetric(Metric):
         key_fp_rate: float = 4.0,
         iou_threshold: float = 0.5,
         use_iobb: bool = False,
+        convention: str = "3dce",
         output_transform: Callable = lambda x: x,
         device: str | torch.device = "cpu",
     ) -> None:
@@ -40,6 +43,7 @@ class DeepLesionFROCMetric(Metric):
         self.key_fp_rate = float(key_fp_rate)
         self.iou_threshold = iou_threshold
         self.use_iobb = use_iobb
+        self.convention = convention
         self.result: FROCResult | None = None
         super().__init__(output_transform=output_transform, device=device)
 
@@ -59,7 +63,7 @@ class DeepLesionFROCMetric(Metric):
             raise NotComputableError("DeepLesionFROCMetric needs at least one image before compute()")
         boxes, scores, gts = zip(*images)
         rates = tuple(sorted({*self.fp_rates, self.key_fp_rate}))
-        self.result = froc(boxes, scores, gts, rates, self.iou_threshold, self.use_iobb)
+        self.result = froc(boxes, scores, gts, rates, self.iou_threshold, self.use_iobb, self.convention)
         return self.result.as_dict()[f"sens@{self.key_fp_rate:g}"]
 
     def completed(self, engine: Engine, name: str) -> None:
