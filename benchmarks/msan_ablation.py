@@ -3,7 +3,8 @@ with the same budget, several seeds each, then the five-model vote; kidney and t
 cases with the project's KiTS19 scorer.
 
     PYTHONPATH=. .venv/bin/python benchmarks/msan_ablation.py [--out outputs/msan_ablation]
-        [--arms unet v1 v2 v2_ds v1_ds] [--seeds 0 1 2] [--epochs 12] [--jobs 2] [--cases 24] [--smoke]
+        [--arms unet v1 v2 v2_ds v1_ds] [--seeds 0 1 2] [--iterations 600] [--jobs 2] [--cases 24] [--mixed_sizes]
+        [--args_file more_overrides.json] [--smoke]
 
 Every arm runs the real bundle (``monai.bundle``'s ``create_workflow``, what ``python -m monai.bundle run`` calls) on
 ``bundles/msan_kits/configs/train.json``, then ``evaluate.json`` on the test split, in a process of its own, so the
@@ -13,7 +14,7 @@ The vote takes each seed's five members' saved predictions (the bundle's largest
 applied to each) through MONAI's ``VoteEnsemble`` and the same connected-component step again.
 
 Writes ``<out>/ablation.json`` (settings, every arm and seed, the votes) and ``<out>/ablation.md`` (mean +- sd over
-seeds). ``--smoke`` is a tiny run (2 arms, 1 seed, 1 epoch, small phantoms) to check the pipeline in a few minutes.
+seeds). ``--smoke`` is a tiny run (2 arms, 1 seed, 8 iterations, small phantoms) to check the pipeline in a minute.
 """
 
 import argparse
@@ -40,19 +41,19 @@ ARMS = {
     "v1_ds": ("v1", True, "MSAN-V1 with deep supervision"),
 }
 
-# CPU demo sizes, the same for every arm (the paper's sizes are the bundle defaults; see its docs/README.md)
+# CPU demo sizes, the same for every arm: those of scripts/msan_kits_job.sh (the paper's are the bundle defaults)
 DEMO_OVERRIDES = {
-    "spacing": [5.0, 5.0, 5.0],
-    "patch_size": [48, 48, 16],
+    "spacing": None,
+    "patch_size": [64, 64, 16],
     "network_def#channels": [8, 16, 32, 64],
     "network_def#norm": "instance",
-    "learning_rate": 0.005,
-    "lr_step_epochs": 1000,
+    "learning_rate": 0.003,
+    "lr_step_iterations": 1_000_000,
     "num_workers": 0,
     "sw_batch_size": 2,
     "amp": False,
 }
-SMOKE = {"arms": ["unet", "v2_ds"], "seeds": [0], "epochs": 1, "cases": 6, "shape": [16, 32, 32]}
+SMOKE = {"arms": ["unet", "v2_ds"], "seeds": [0], "iterations": 8, "cases": 6, "shape": [16, 32, 32]}
 
 
 def _workflow(config_file, run_id: str, overrides: dict):
@@ -67,30 +68,32 @@ def _workflow(config_file, run_id: str, overrides: dict):
     )
 
 
-def arm_overrides(arm: str, seed: int, data: Path, arm_dir: Path, epochs: int) -> dict:
-    """The bundle overrides of one arm and seed: the shared demo sizes plus the arm's variant and supervision."""
+def arm_overrides(arm: str, seed: int, data: Path, arm_dir: Path, iterations: int, extra: dict | None = None) -> dict:
+    """The bundle overrides of one arm and seed: the demo sizes (updated with ``extra``), the budget, the arm's
+    variant and supervision."""
     variant, deep_supervision, _ = ARMS[arm]
     return {
         **DEMO_OVERRIDES,
+        **(extra or {}),
         "dataset_dir": str(data),
         "ckpt_dir": str(arm_dir / "models"),
         "output_dir": str(arm_dir / "runs"),
         "seed": seed,
-        "epochs": epochs,
-        "val_interval": max(1, epochs // 4),  # model.pt: the best of four validations, the last at the end
+        "iterations": iterations,
+        "val_every_iterations": max(1, iterations // 4),  # model.pt: the best of about four validations
         "network_def#variant": variant,
         "network_def#deep_supervision": deep_supervision,  # a Python bool: no string reaches the network
     }
 
 
-def run_arm(arm: str, seed: int, data: Path, arm_dir: Path, epochs: int) -> dict:
+def run_arm(arm: str, seed: int, data: Path, arm_dir: Path, iterations: int, extra: dict) -> dict:
     """Train one arm with one seed through the bundle, evaluate it on the test split, return its record."""
     from shared.data.kits19 import make_datalist
     from shared.metrics.kits19 import evaluate_dir
     from shared.networks.msan import architecture
 
     claimed = ARMS[arm][2]
-    overrides = arm_overrides(arm, seed, data, arm_dir, epochs)
+    overrides = arm_overrides(arm, seed, data, arm_dir, iterations, extra)
     start = time.perf_counter()
     training = _workflow(str(CONFIGS / "train.json"), "run", overrides)
     training.run()
@@ -125,26 +128,26 @@ def run_arm(arm: str, seed: int, data: Path, arm_dir: Path, epochs: int) -> dict
     }
 
 
-def spawn_arm(arm: str, seed: int, data: Path, out: Path, epochs: int, threads: int) -> tuple[subprocess.Popen, Path]:
+def spawn_arm(arm: str, seed: int, data: Path, out: Path, budget: dict, threads: int) -> tuple[subprocess.Popen, Path]:
     """Start one arm in its own process; its record goes to ``<out>/<arm>_seed<seed>/record.json``."""
     arm_dir = out / f"{arm}_seed{seed}"
     arm_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     cmd = [sys.executable, __file__, "--arm", arm, "--seed", str(seed), "--data", str(data), "--out", str(arm_dir)]
-    cmd += ["--epochs", str(epochs)]
+    cmd += ["--iterations", str(budget["iterations"]), "--overrides", json.dumps(budget["extra"])]
     with open(arm_dir / "log.txt", "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     return proc, arm_dir
 
 
-def run_arms(jobs: list[tuple[str, int]], data: Path, out: Path, epochs: int, parallel: int) -> list[dict]:
+def run_arms(jobs: list[tuple[str, int]], data: Path, out: Path, budget: dict, parallel: int) -> list[dict]:
     """Run every (arm, seed), ``parallel`` processes at a time; add each process's wall time and peak RSS."""
     threads = max(1, (os.cpu_count() or 1) // parallel)
     pending, running, records = list(jobs), {}, []
     while pending or running:
         while pending and len(running) < parallel:
             arm, seed = pending.pop(0)
-            proc, arm_dir = spawn_arm(arm, seed, data, out, epochs, threads)
+            proc, arm_dir = spawn_arm(arm, seed, data, out, budget, threads)
             running[proc.pid] = (arm, seed, arm_dir, time.perf_counter())
             print(f"started {arm} seed {seed} (pid {proc.pid}, log {arm_dir / 'log.txt'})", flush=True)
         pid, status, usage = os.wait4(-1, 0)  # this child's own rusage: its peak RSS alone
@@ -243,7 +246,7 @@ def summarize(records: list[dict], votes: list[dict], settings: dict) -> tuple[l
             }
         )
     lines = [
-        f"Held-out phantom cases: {settings['test_cases']}; {settings['epochs']} epochs per model; "
+        f"Held-out phantom cases: {settings['test_cases']}; {settings['iterations']} iterations per model; "
         f"seeds {settings['seeds']}; {settings['parallel']} process(es) at a time, "
         f"{settings['threads']} thread(s) each.",
         "",
@@ -261,9 +264,9 @@ def summarize(records: list[dict], votes: list[dict], settings: dict) -> tuple[l
     return rows, "\n".join(lines) + "\n"
 
 
-def make_data(out: Path, cases: int, shape: list[int] | None) -> Path:
+def make_data(out: Path, cases: int, shape: list[int] | None, mixed_sizes: bool) -> Path:
     """Phantom KiTS19 root for the run (written once, reused when present)."""
-    data = out / "kits19"
+    data = out / ("kits19_mixed" if mixed_sizes else "kits19")
     if not (data / "case_00000").is_dir():
         cmd = [
             sys.executable,
@@ -279,6 +282,8 @@ def make_data(out: Path, cases: int, shape: list[int] | None) -> Path:
         ]
         if shape:
             cmd += ["--shape", json.dumps(shape)]
+        if mixed_sizes:
+            cmd += ["--mixed_sizes"]
         subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
     return data
 
@@ -288,26 +293,30 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "msan_ablation")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--iterations", type=int, default=600, help="training iterations per model")
     parser.add_argument("--cases", type=int, default=24, help="phantom cases (a sixth held out for testing)")
     parser.add_argument("--shape", type=int, nargs=3, default=None, help="phantom array shape (slices rows cols)")
     parser.add_argument("--jobs", type=int, default=2, help="arms trained at the same time (threads split evenly)")
+    parser.add_argument("--mixed_sizes", action="store_true", help="phantoms with small tumours beside large ones")
+    parser.add_argument("--args_file", type=Path, help="JSON of bundle overrides applied over the demo sizes")
     parser.add_argument("--smoke", action="store_true", help="tiny run to check the pipeline: " + json.dumps(SMOKE))
     parser.add_argument("--arm", choices=list(ARMS), help=argparse.SUPPRESS)  # internal: run one arm in this process
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", type=json.loads, default={}, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.arm:
-        record = run_arm(args.arm, args.seed, args.data, args.out, args.epochs)
+        record = run_arm(args.arm, args.seed, args.data, args.out, args.iterations, args.overrides)
         (args.out / "record.json").write_text(json.dumps(record, indent=1))
         return
     if args.smoke:
-        args.arms, args.seeds, args.epochs, args.cases, args.shape = (SMOKE[k] for k in SMOKE)
+        args.arms, args.seeds, args.iterations, args.cases, args.shape = (SMOKE[k] for k in SMOKE)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    data = make_data(out, args.cases, args.shape)
+    data = make_data(out, args.cases, args.shape, args.mixed_sizes)
+    budget = {"iterations": args.iterations, "extra": json.loads(args.args_file.read_text()) if args.args_file else {}}
     from shared.data.kits19 import make_datalist
 
     parallel = max(1, args.jobs)
@@ -315,18 +324,19 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "arms": args.arms,
         "seeds": args.seeds,
-        "epochs": args.epochs,
+        "iterations": args.iterations,
         "phantom_cases": args.cases,
         "phantom_shape": args.shape,
+        "mixed_sizes": args.mixed_sizes,
         "test_cases": [e["case"] for e in make_datalist(data)["test"]],
-        "overrides": DEMO_OVERRIDES,
+        "overrides": {**DEMO_OVERRIDES, **budget["extra"]},
         "parallel": parallel,
         "threads": max(1, (os.cpu_count() or 1) // parallel),
         "cpu_count": os.cpu_count(),
         "load_average_at_start": os.getloadavg(),
         "machine": platform.platform(),
     }
-    records = run_arms([(a, s) for s in args.seeds for a in args.arms], data, out, args.epochs, parallel)
+    records = run_arms([(a, s) for s in args.seeds for a in args.arms], data, out, budget, parallel)
     votes = vote(records, out)
     rows, markdown = summarize(records, votes, settings)
     settings["total_s"] = time.perf_counter() - started

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # msan_kits end to end on phantom KiTS19 data, CPU-sized (about 10 minutes on 2 cores):
 #   bash scripts/msan_kits_job.sh [OUT_DIR]     (default: outputs/msan_kits_job; a new or empty folder)
-# Environment: EPOCHS (24), SEED (0: phantoms and network initialisation), OMP_NUM_THREADS (2).
+# Environment: ITERATIONS (1500), SEED (0: phantoms and network initialisation), OMP_NUM_THREADS (2).
 # Steps: environment -> phantom KiTS19 root -> train (monai.bundle run training) -> evaluate the test split with the
 # trained and with an untrained network -> inference on the test images -> metrics table, overlay PNG.
 # Every step is a `python -m monai.bundle` call on bundles/msan_kits/configs; the demo sizes are one args file.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT_DIR=$(realpath -m "${1:-$REPO/outputs/msan_kits_job}")
-EPOCHS=${EPOCHS:-24}
+ITERATIONS=${ITERATIONS:-1500}
 SEED=${SEED:-0}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 CONFIGS=bundles/msan_kits/configs
@@ -23,28 +23,32 @@ mkdir -p "$OUT_DIR"
 start=$(date +%s)
 
 echo "== phantom KiTS19 data -> $OUT_DIR/kits19"
-$PY -m shared phantoms kits19 "$OUT_DIR/kits19" --seed "$SEED"
+$PY -m shared phantoms kits19 "$OUT_DIR/kits19" --seed "$SEED" --num_cases 24
+$PY -c "import json; t = json.load(open('$OUT_DIR/kits19/phantom_tumours.json')); d = [x for c in t.values() for x in c['tumours']]; print(f\"{len(d)} tumours, long axis {min(x['diameters_mm'][0] for x in d):.0f}-{max(x['diameters_mm'][0] for x in d):.0f} mm = {min(x['long_axis_voxels'] for x in d):.1f}-{max(x['long_axis_voxels'] for x in d):.1f} voxels\")"
 
-# CPU demo sizes (the paper's are in bundles/msan_kits/docs/README.md): 5 mm grid, 48x48x16 patches, narrow MSAN-V1
+# CPU demo sizes (the paper's defaults are in bundles/msan_kits/docs/README.md): the phantoms' native grid (about
+# 3.5 mm), 64x64x16 patches, a narrow MSAN-V1 (channels 8-64, instance norm), Adam 3e-3 without steps
 cat > "$OUT_DIR/demo_args.json" <<JSON
 {
     "dataset_dir": "$OUT_DIR/kits19",
     "ckpt_dir": "$OUT_DIR/models",
     "output_dir": "$OUT_DIR/runs",
     "seed": $SEED,
-    "spacing": [5.0, 5.0, 5.0],
-    "patch_size": [48, 48, 16],
+    "spacing": null,
+    "patch_size": [64, 64, 16],
     "network_def#channels": [8, 16, 32, 64],
     "network_def#norm": "instance",
-    "learning_rate": 0.005,
+    "learning_rate": 0.003,
+    "lr_step_iterations": 1000000,
     "num_workers": 0,
-    "sw_batch_size": 2
+    "sw_batch_size": 2,
+    "amp": false
 }
 JSON
 
-echo "== training ($EPOCHS epochs)"
+echo "== training ($ITERATIONS iterations)"
 $PY -m monai.bundle run training --config_file $CONFIGS/train.json --args_file "$OUT_DIR/demo_args.json" \
-  --epochs "$EPOCHS" --val_interval 8 --lr_step_epochs 1000
+  --iterations "$ITERATIONS" --val_every_iterations $(( ITERATIONS / 4 ))
 
 echo "== untrained network (the weights training starts from: the baseline the trained one must beat)"
 $PY -m monai.bundle run save_untrained --config_file $CONFIGS/train.json --args_file "$OUT_DIR/demo_args.json" \
@@ -67,7 +71,7 @@ $PY -m monai.bundle run inference --config_file $CONFIGS/inference.json --args_f
 echo
 echo "== KiTS19 Dice on the phantom test cases: untrained network"
 cat "$OUT_DIR/eval_untrained/kits19_metrics.txt"
-echo "== KiTS19 Dice on the phantom test cases: trained MSAN-V1 ($EPOCHS epochs)"
+echo "== KiTS19 Dice on the phantom test cases: trained MSAN-V1 ($ITERATIONS iterations)"
 cat "$OUT_DIR/eval/kits19_metrics.txt"
 echo "predictions: $OUT_DIR/predictions   metrics: $OUT_DIR/eval/kits19_metrics.csv   overlay: $OUT_DIR/eval/overlay.png"
 echo "msan_kits job took $(( $(date +%s) - start )) s after the environment setup"

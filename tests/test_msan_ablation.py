@@ -29,7 +29,7 @@ ablation = _ablation()
 def test_each_arm_builds_the_table1_model_it_claims(arm, tmp_path):
     parser = ConfigParser()
     parser.read_config(str(ablation.CONFIGS / "train.json"))
-    parser.update(ablation.arm_overrides(arm, seed=0, data=tmp_path, arm_dir=tmp_path, epochs=4))
+    parser.update(ablation.arm_overrides(arm, seed=0, data=tmp_path, arm_dir=tmp_path, iterations=40))
     arch = architecture(parser.get_parsed_content("network_def"))
     assert arch.name == ablation.ARMS[arm][2]
     assert arch.supervision_heads == (2 if arm.endswith("_ds") else 0)
@@ -54,7 +54,7 @@ def test_summary_gives_mean_and_sd_over_seeds_and_the_vote_row():
 
     records = [record("unet", 0, 0.8, 0.2), record("unet", 1, 0.9, 0.4), record("v2_ds", 0, 0.9, 0.5)]
     votes = [{"members": ["unet", "v2_ds"], "kidney_dice": 0.95, "tumour_dice": 0.6}]
-    settings = {"test_cases": ["case_00180"], "epochs": 4, "seeds": [0, 1], "parallel": 1, "threads": 2}
+    settings = {"test_cases": ["case_00180"], "iterations": 40, "seeds": [0, 1], "parallel": 1, "threads": 2}
     rows, markdown = ablation.summarize(records, votes, settings)
     assert [r["model"] for r in rows] == ["3D U-Net", "MSAN-V2 with deep supervision", "2-model vote"]
     assert rows[0]["kidney"] == "0.850 +- 0.071" and rows[0]["tumour"] == "0.300 +- 0.141"
@@ -84,3 +84,12 @@ def test_smoke_run_writes_the_table(tmp_path):
     assert all(r["peak_rss_mib"] > 0 and 0 <= r["tumour_dice"] <= 1 for r in runs.values())
     assert report["votes"] and report["votes"][0]["members"] == ablation.SMOKE["arms"]
     assert "2-model vote" in (tmp_path / "ablation.md").read_text()
+
+
+def test_demo_sizes_are_the_main_jobs():
+    """The ablation trains every arm with the demo sizes of scripts/msan_kits_job.sh's args file."""
+    script = (REPO / "scripts" / "msan_kits_job.sh").read_text()
+    heredoc = script.split("<<JSON\n", 1)[1].split("\nJSON\n", 1)[0]
+    job = json.loads(heredoc.replace("$OUT_DIR", "/out").replace("$SEED", "0"))
+    paths_and_seed = {"dataset_dir", "ckpt_dir", "output_dir", "seed"}
+    assert {k: v for k, v in job.items() if k not in paths_and_seed} == ablation.DEMO_OVERRIDES
