@@ -7,7 +7,7 @@
 # evaluation on the validation quarter (LiTS Dice per case, global Dice, lesion Dice by size, CSV + overlay PNG) ->
 # inference on the test volume in the input's space.
 #
-# Demo sizes (64 px slices, anchors 8-128 px, bag of 3 images = 9 slices, ResNet-18 FPN without pre-training, few steps)
+# Demo sizes (64 px slices, anchors 8-128 px, bag of 3 images = 9 slices, ResNet-18 FPN, --pretrained false, few steps)
 # only show that every stage runs; bundles/va_maskrcnn_lits/docs/README.md gives the full-scale command (1024 px,
 # N = 9, ResNet-50, COCO/DeepLesion pre-training, GPU).
 set -euo pipefail
@@ -34,7 +34,8 @@ $PY -m shared validate lits "$OUT_DIR/LiTS"
 ln -s "$OUT_DIR/LiTS/test-volume-0.nii" "$OUT_DIR/test_volumes/test-volume-0.nii"
 
 DEMO=(--image_size 64 --bag_size 3 --backbone resnet18 --proposals_train 300 --proposals_test 100
-      --roi_samples 64 --detections_per_image 20 --anchor_sizes "[8,16,32,64,128]" --ckpt_dir "$OUT_DIR/models")
+      --roi_samples 64 --detections_per_image 20 --anchor_sizes "[8,16,32,64,128]" --ckpt_dir "$OUT_DIR/models"
+      --pretrained false --frozen_batchnorm false)  # no pre-training on CPU demos (the full-scale default starts from COCO)
 
 echo "== training ($EPOCHS epochs of $SAMPLES slices, lesion slices over-sampled 3x)"
 $PY -m monai.bundle run training --config_file $CONFIGS/train.json "${DEMO[@]}" \

@@ -76,7 +76,15 @@ CASES = [
         labels={"liver": 1, "lesion": 2},
         make_studies=_lits_studies,
         # 12 mm slices: a few 2.5D images per volume (the real CT's 30 slices at 3 mm become 8)
-        tiny={"image_size": 64, "bag_size": 3, "backbone": "resnet18", "slice_thickness": 12.0},
+        # no pre-training (the full-scale default loads COCO weights): batch norm not frozen, in both configs
+        tiny={
+            "image_size": 64,
+            "bag_size": 3,
+            "backbone": "resnet18",
+            "slice_thickness": 12.0,
+            "pretrained": False,
+            "frozen_batchnorm": False,
+        },
         train_args={"epochs": 1, "samples_per_epoch": 4},
         # an untrained-looking tiny detector scores below the default 0.5: draw whatever it finds
         infer_args={"score_threshold": 0.0},

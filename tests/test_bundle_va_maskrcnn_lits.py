@@ -10,11 +10,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, verify_metadata
+from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
 
 from shared.data.lits import make_datalist
 from shared.phantoms.lits import make_phantoms
 from shared.transforms.sample_log import loaded_samples
+from shared.transforms.slice_bags import bag_slice_indices
 from tests.conftest import META_SCHEMA_MD5
 
 TINY = {
@@ -27,7 +28,10 @@ TINY = {
     "detections_per_image": 5,
     "score_threshold": 0.05,
     "num_workers": 0,
+    "pretrained": "false",  # the default loads COCO weights from models/; tests start from random weights
+    "frozen_batchnorm": "false",
 }
+NETWORK = {k: TINY[k] for k in ("image_size", "bag_size", "backbone")}
 
 
 def _run(repo_root, config_files, run_id: str, overrides: dict, launcher=(), check=True):
@@ -69,13 +73,69 @@ def test_metadata_passes_the_schema(configs, meta_schema):
     verify_metadata(meta_file=str(configs / "metadata.json"), filepath=str(meta_schema), hash_val=META_SCHEMA_MD5)
 
 
-def test_metadata_describes_the_served_volumes(configs):
-    """MONAI Label (docs/monailabel.md, 7) takes the label names from outputs.pred.channel_def, the dimension from
-    the length of inputs.image.spatial_shape: a 3D CT volume in, a 3D label volume with LiTS's labels out."""
+def test_metadata_describes_the_network_and_the_served_volumes(configs):
+    """network_data_format describes network_def (as the model zoo's): a bag of 9 2.5D images = 27 slices in [0, 1]
+    in, the target slice's label map out; post_processed_outputs the served 3D label volume. MONAI Label
+    (docs/monailabel.md, 7) takes the label names from outputs.pred.channel_def (and reports the dimension of
+    inputs.image.spatial_shape, 2: the network works on slices)."""
     fmt = json.loads((configs / "metadata.json").read_text())["network_data_format"]
     assert next(iter(fmt["inputs"])) == "image" and next(iter(fmt["outputs"])) == "pred"
-    assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "liver", "2": "lesion"}
-    assert len(fmt["inputs"]["image"]["spatial_shape"]) == len(fmt["outputs"]["pred"]["spatial_shape"]) == 3
+    labels = {"0": "background", "1": "liver", "2": "lesion"}
+    assert fmt["outputs"]["pred"]["channel_def"] == fmt["post_processed_outputs"]["pred"]["channel_def"] == labels
+    image = fmt["inputs"]["image"]
+    bag_size = _parser(configs, "inference.json")["bag_size"]
+    assert image["num_channels"] == 27 == 3 * bag_size and image["value_range"] == [0, 1]
+    assert image["channel_def"]["0"] == "slice target-13" and image["channel_def"]["13"] == "target slice"
+    assert image["channel_def"]["26"] == "slice target+13"
+    assert len(image["spatial_shape"]) == len(fmt["outputs"]["pred"]["spatial_shape"]) == 2
+    assert len(fmt["post_processed_outputs"]["pred"]["spatial_shape"]) == 3
+
+
+def test_verify_net_in_out_passes(configs):
+    """`python -m monai.bundle verify_net_in_out network_def` (here at tiny sizes: a bag of 3 images, 9 channels):
+    network_def takes what metadata.json describes and returns one float channel."""
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(configs / "metadata.json"),
+        config_file=str(configs / "inference.json"),
+        device="cpu",
+        **NETWORK,
+        frozen_batchnorm=False,
+        **{"_meta_#network_data_format#inputs#image#num_channels": 9},
+    )
+
+
+def _phantom_bag(lits_root, bag_size: int) -> torch.Tensor:
+    """The bag around the middle slice of phantom volume 0, windowed to [0, 1] as the bundle's preprocessing does."""
+    volume = np.asarray(nib.load(lits_root / "volume-0.nii").dataobj, dtype=np.float32)
+    slices = torch.from_numpy(np.clip((volume + 200.0) / 500.0, 0.0, 1.0)).permute(2, 0, 1)  # (D, H, W)
+    depth = slices.shape[0]
+    return slices[torch.as_tensor(bag_slice_indices(depth // 2, depth, bag_size))]
+
+
+def test_ckpt_export_gives_the_eager_detections(configs, lits_root, tmp_path):
+    """`python -m monai.bundle ckpt_export network_def` scripts the network (TorchScript); the exported model finds
+    the same boxes, scores, labels and masks as the eager network on a phantom slice."""
+    values = {**NETWORK, "frozen_batchnorm": False}
+    torch.manual_seed(0)
+    eager = _parser(configs, "inference.json", **values).get_parsed_content("network_def").eval()
+    torch.save(eager.state_dict(), tmp_path / "model.pt")
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(tmp_path / "model.ts"),
+        ckpt_file=str(tmp_path / "model.pt"),
+        meta_file=str(configs / "metadata.json"),
+        config_file=str(configs / "inference.json"),
+        **values,
+    )
+    exported = torch.jit.load(tmp_path / "model.ts")
+    bag = _phantom_bag(lits_root, TINY["bag_size"])
+    with torch.no_grad():
+        (expected,) = eager([bag])
+        losses, (found,) = exported([bag])
+    assert losses == {} and len(expected["boxes"]) > 0  # an untrained detector still proposes (scores >= 0.05)
+    for key in ("boxes", "scores", "labels", "masks"):
+        torch.testing.assert_close(found[key], expected[key])
 
 
 def _parser(configs, name: str, **values) -> ConfigParser:
@@ -94,12 +154,10 @@ def test_saved_training_state_dict_fits_the_inference_network(configs, name, pre
     """MONAI Label loads model.pt with strict=False: the keys train.json saves must be exactly the network's keys
     (FrozenBatchNorm2d has no num_batches_tracked; frozen only when starting from pretrained weights). evaluate.json
     inherits train.json's rule; inference.json has no pretrained_path and is told with --frozen_batchnorm (README)."""
-    values = {k: TINY[k] for k in ("image_size", "bag_size", "backbone")}
-    pretrained_path = "/pretrained.pt" if pretrained else None  # only read by initialize, never here
     keys = {}
     for config in ("train.json", name):
         given = {"frozen_batchnorm": str(pretrained).lower()} if config == "inference.json" else {}
-        parser = _parser(configs, config, **values, **given, pretrained_path=pretrained_path)
+        parser = _parser(configs, config, **NETWORK, **given, pretrained=str(pretrained).lower())
         if config != "inference.json":
             assert parser.get_parsed_content("frozen_batchnorm") is pretrained
         keys[config] = set(parser.get_parsed_content("network_def").state_dict())
@@ -119,7 +177,7 @@ def test_attention_flag_typed_on_the_command_line(repo_root, configs, config, tm
     probe = tmp_path / "probe.json"
     probe.write_text(json.dumps(PROBE))
     files = f"['{configs / config}','{probe}']"
-    tiny = {k: TINY[k] for k in ("image_size", "bag_size", "backbone")}
+    tiny = {**NETWORK, "pretrained": "false"}
     blocks = {}
     for typed in ("true", "false"):
         result = _run(repo_root, files, "probe", {**tiny, "attention": typed})
@@ -153,13 +211,69 @@ def test_inference_exposes_the_model_zoo_output_knobs(configs, tmp_path):
 def test_train_initialize_needs_no_dataset_and_the_datalist_checks_it(configs, tmp_path):
     """MONAI Label runs `initialize` with its own datalists (docs/monailabel.md, 11): only the datalist validates,
     and a resume file left in models/ is used only with --resume true."""
-    parser = _parser(configs, "train.json", dataset_dir=str(tmp_path / "missing_root"))
+    parser = _parser(configs, "train.json", dataset_dir=str(tmp_path / "missing_root"), pretrained="false")
     parser.get_parsed_content("initialize")
     assert parser["resume"] is False
     with pytest.raises(Exception) as err:
         parser.get_parsed_content("datalist")
     # monai wraps the DatasetError of ensure_valid: the user sees it in the chained traceback
     assert "missing_root: dataset root not found" in "".join(traceback.format_exception(err.value))
+
+
+def test_train_defaults_are_the_papers(configs):
+    """VA paper sec. 3: "all hyperparameters are as in [10] for the Mask-RCNN" (mmdetection's 1x schedule): SGD,
+    momentum 0.9, weight decay 1e-4, lr 0.02 per 16 images scaled linearly to the batch, linear warm-up (500
+    iterations from 1/3), lr / 10 at 8/12 and 11/12 of the iterations, 12 epochs of one pass over the training
+    slices; sec. 3.2: slices scaled to 1024 x 1024 (bilinear), bag of 9 images, feature extractor and RPN from
+    COCO; eq. 3 without a 1/(H*W) scale. Values by hand: batch 2 -> lr 0.0025; 100 iterations per epoch -> 1200
+    iterations, warm-up 100 (500 capped at 1/12 of the schedule), steps at iterations 800 and 1100."""
+    stand_ins = {"train#dataloader": list(range(100)), "train#dataset": list(range(200))}  # 200 training slices
+    parser = _parser(configs, "train.json", pretrained="false", **stand_ins)
+    parser.get_parsed_content("initialize")
+    optimizer = parser.get_parsed_content("optimizer")
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert (group["momentum"], group["weight_decay"]) == (0.9, 0.0001)
+    assert parser["batch_size"] == 2 and parser["epochs"] == 12 and parser["bag_size"] == 9
+    assert parser.get_parsed_content("learning_rate") == pytest.approx(0.0025)
+    assert parser.get_parsed_content("samples_per_epoch") == 200  # an epoch: one pass over the training slices
+    scheduler = parser.get_parsed_content("lr_scheduler")
+    lrs = []
+    for _ in range(1200):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = {0: 0.0025 / 3, 50: 0.0025 * 2 / 3, 100: 0.0025, 799: 0.0025, 800: 0.00025, 1099: 0.00025}
+    expected[1100] = 0.000025
+    for iteration, lr in expected.items():
+        assert lrs[iteration] == pytest.approx(lr), iteration
+    handler = parser.get_parsed_content("train#handlers#0")
+    assert handler.epoch_level is False  # the schedule counts iterations
+    assert parser.get_parsed_content("frozen_batchnorm") is False
+    for name in ("train.json", "inference.json"):
+        config = _parser(configs, name)
+        assert config["image_size"] == 1024 and config["resize_mode"] == "bilinear"
+        resize = next(t for t in config.get_parsed_content("preprocessing").transforms if type(t).__name__ == "Resized")
+        assert resize.mode[0] == "bilinear" and resize.anti_aliasing[0] is True  # the image (key 0): bilinear
+        assert config.get_parsed_content("network_def#spatial_scale") is False
+    defaults = _parser(configs, "train.json")
+    assert defaults["pretrained"] is True and defaults.get_parsed_content("frozen_batchnorm") is True
+    assert defaults.get_parsed_content("pretrained_path").endswith("models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
+
+
+def test_default_training_without_the_weights_stops_at_once_naming_them(repo_root, configs, tmp_path):
+    """The full-scale default starts from COCO Mask R-CNN weights: without the file (nothing is downloaded) the run
+    stops before reading any data, with one line naming the file and where to get it."""
+    overrides = {**NETWORK, "dataset_dir": tmp_path / "no_data", "ckpt_dir": tmp_path / "models"}
+    result = _run(repo_root, str(configs / "train.json"), "training", overrides, check=False)
+    assert result.returncode != 0
+    line = result.stderr.strip().splitlines()[-1]
+    assert line == (
+        f"pretrained weights {tmp_path / 'models' / 'maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth'} not found: download"
+        " https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth to that path (or give"
+        " --pretrained_path <file>), or train from random weights with --pretrained false"
+    )
+    assert "Traceback" not in result.stderr and "no_data" not in result.stderr
 
 
 def test_bundle_has_no_scripts_folder(configs):
@@ -174,7 +288,7 @@ def test_training_writes_checkpoints_and_logs_every_loss(configs, trained):
     assert (work / "models" / "model.pt").is_file()
     # model.pt is the plain state dict of network_def (what ckpt_export and MONAI Label load)
     state = torch.load(work / "models" / "model.pt", map_location="cpu", weights_only=True)
-    network = _parser(configs, "train.json", **{k: TINY[k] for k in ("image_size", "bag_size", "backbone")})
+    network = _parser(configs, "train.json", **NETWORK, pretrained="false")
     assert set(state) == set(network.get_parsed_content("network_def").state_dict())
     assert (work / "models" / "resume_checkpoint_epoch=1.pt").is_file()
     assert list((work / "runs" / "cache").glob("*/image.npy"))  # volumes preprocessed once into the cache

@@ -48,17 +48,44 @@ def test_channel_attention_follows_equation_2():
     torch.testing.assert_close(got_gate[0, :, 0, 0], gate)
 
 
-def test_spatial_attention_follows_equation_3():
-    block, bag = _block(), _bag(n=3, b=1)
+@pytest.mark.parametrize("spatial_scale", [False, True])
+def test_spatial_attention_follows_equation_3(spatial_scale):
+    block, bag = _block(spatial_scale=spatial_scale), _bag(n=3, b=1)
     pooled = torch.stack([bag[0].amax(dim=1), bag[0].mean(dim=1)], dim=1)  # (N, 2, H, W)
     emb = block.spatial_embedding(pooled)[:, 0]  # (N, H, W)
-    logits = torch.stack([(emb[1] * emb[k]).sum() / emb[k].numel() for k in range(3)])
+    scale = emb[1].numel() if spatial_scale else 1  # eq. 3 as written: the plain product
+    logits = torch.stack([(emb[1] * emb[k]).sum() / scale for k in range(3)])
     att = torch.softmax(logits, dim=0)
     attended = (att[:, None, None] * emb).sum(dim=0)
     gate = block.spatial_head(attended[None, None])[0]
     got_att, got_gate = block.spatial_attention(bag, 1)
     torch.testing.assert_close(got_att[0], att)
     torch.testing.assert_close(got_gate[0], gate)
+
+
+def test_spatial_slice_attention_by_hand():
+    """Eq. 3 on a 1 x 2 map with the embedding W = channel max (1x1 kernel, weights [1, 0]): target [1, 1] and
+    members [1, 0], [1, 1], [0, 2] give products 1, 2, 2. Literal: softmax(1, 2, 2) = (1, e, e) / (1 + 2e); scaled by
+    H*W = 2: softmax(0.5, 1, 1) = (1, e^0.5, e^0.5) / (1 + 2 e^0.5)."""
+    maps = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])  # channel max of each member, (N, W)
+    bag = torch.stack([maps, maps - 1.0], dim=1)[None, :, :, None, :]  # (1, N=3, C=2, H=1, W=2); channel 1 lower
+    expected = {False: [0.155362, 0.422319, 0.422319], True: [0.232697, 0.383652, 0.383652]}
+    for spatial_scale, probabilities in expected.items():
+        block = VolumetricAttention(2, 2, spatial_kernel_size=1, channel=False, spatial_scale=spatial_scale)
+        with torch.no_grad():
+            block.spatial_embedding.weight.copy_(torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))
+            block.spatial_embedding.bias.zero_()
+        att, _ = block.spatial_attention(bag, 1)
+        torch.testing.assert_close(att[0], torch.tensor(probabilities), atol=1e-6, rtol=0)
+    assert VolumetricAttention(2, 2).spatial_scale is False  # eq. 3 as written is the default
+
+
+def test_block_is_scriptable():
+    """TorchScript (the bundle's ckpt_export) compiles the block with any switches and gives the eager output."""
+    bag = _bag()
+    for switches in ({}, {"channel": False}, {"spatial": False}, {"spatial_scale": True}):
+        block = _block(**switches)
+        torch.testing.assert_close(torch.jit.script(block)(bag, 2), block(bag, 2))
 
 
 def test_switches_turn_parts_off():

@@ -5,7 +5,7 @@ import torch
 
 from shared.networks.bag_detector import BagBackbone
 from shared.networks.blocks.volumetric_attention import VolumetricAttention
-from shared.networks.va_rcnn import VABackbone, build_va_faster_rcnn, build_va_mask_rcnn
+from shared.networks.va_rcnn import VABackbone, build_va_faster_rcnn, build_va_mask_rcnn, paste_labels
 
 SIZE = 64
 
@@ -171,3 +171,53 @@ def test_rcnn_location_passes_the_bag_features_in_the_features():
         model.roi_heads.box_roi_pool({k: features[k] for k in backbone.levels}, proposals, [(SIZE, SIZE)] * 2)
     pooled = model.roi_heads.box_roi_pool(features, proposals, [(SIZE, SIZE)] * 2)
     assert pooled.shape == (2, 256, 7, 7)
+
+
+def test_paste_labels_keeps_lesions_inside_the_liver_only():
+    """Liver (class 1) over columns 0-3, lesions (class 2) over columns 2-5 and a low-scoring liver elsewhere: the
+    lesion is kept where it overlaps the liver (columns 2-3) and dropped outside; detections under 0.5 are ignored."""
+    masks = torch.zeros(3, 1, 2, 8)
+    masks[0, 0, :, 0:4] = 0.9
+    masks[1, 0, :, 2:6] = 0.8
+    masks[2, 0, :, 6:8] = 0.9
+    detections = {
+        "boxes": torch.zeros(3, 4),
+        "scores": torch.tensor([0.9, 0.7, 0.3]),
+        "labels": torch.tensor([1, 2, 1]),
+        "masks": masks,
+    }
+    expected = torch.tensor([[1.0, 1.0, 2.0, 2.0, 0.0, 0.0, 0.0, 0.0]] * 2)
+    torch.testing.assert_close(paste_labels(detections, (2, 8)), expected)
+
+
+def test_batched_tensor_gives_the_target_slices_label_maps():
+    """model(tensor (B, 3N, H, W)) in eval mode: the label maps metadata.json describes, pasted from the detections
+    model(list) gives; a list keeps torchvision's detections."""
+    model = _tiny(box_score_thresh=0.0).eval()
+    bags = torch.rand(2, 9, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        maps = model(bags)
+        detections = model(list(bags))
+    assert maps.shape == (2, 1, SIZE, SIZE) and maps.dtype == torch.float32
+    assert isinstance(detections, list) and set(detections[0]) == {"boxes", "scores", "labels", "masks"}
+    for b in range(2):
+        torch.testing.assert_close(maps[b, 0], paste_labels(detections[b], (SIZE, SIZE)))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"attention": False}, {"channel": False, "spatial_scale": True}])
+def test_scripted_model_finds_the_eager_detections(kwargs):
+    """torch.jit.script (ckpt_export) compiles the VA Mask R-CNN; it returns torchvision's (losses, detections)."""
+    model = _tiny(box_score_thresh=0.0, **kwargs).eval()
+    image, _ = _sample()
+    scripted = torch.jit.script(model)
+    with torch.no_grad():
+        (expected,) = model([image])
+        losses, (found,) = scripted([image])
+    assert losses == {} and len(expected["boxes"]) > 0
+    for key in ("boxes", "scores", "labels", "masks"):
+        torch.testing.assert_close(found[key], expected[key])
+
+
+def test_rcnn_location_is_not_scriptable_and_says_so():
+    with pytest.raises(NotImplementedError, match="eager mode only"):
+        torch.jit.script(_tiny(location="roi"))

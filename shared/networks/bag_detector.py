@@ -59,21 +59,35 @@ class BagDetector:
 
     def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None):
         """``GeneralizedRCNN.forward``: the loss dict in train mode, per image ``{"boxes", "scores", "labels"(,
-        "masks")}`` in eval mode (boxes in the pixels of ``images``)."""
-        original_image_sizes = [(int(img.shape[-2]), int(img.shape[-1])) for img in images]
+        "masks")}`` in eval mode (boxes in the pixels of ``images``). A batched tensor ``(B, 3N, H, W)`` in eval mode
+        gives :meth:`batch_outputs` instead. Scripted (``torch.jit.script``) it returns torchvision's
+        ``(losses, detections)`` tuple in both modes."""
+        if not torch.jit.is_scripting():
+            if isinstance(images, torch.Tensor) and not self.training:
+                return self.batch_outputs(images)
+        original_image_sizes: list[tuple[int, int]] = [(img.shape[-2], img.shape[-1]) for img in images]
         image_list, targets = self.transform(images, targets)
-        for index, target in enumerate(targets or []):
-            boxes = target["boxes"]
-            if (boxes[:, 2:] <= boxes[:, :2]).any():
-                raise ValueError(f"target {index}: every box needs a positive height and width, got {boxes.tolist()}")
+        if targets is not None:
+            for index, target in enumerate(targets):
+                boxes = target["boxes"]
+                if bool((boxes[:, 2:] <= boxes[:, :2]).any()):
+                    raise ValueError(f"target {index}: every box needs a positive height and width, got {boxes}")
         features = self.backbone(image_list.tensors)
         losses, detections = self.detect(image_list, features, original_image_sizes, targets)
-        return losses if self.training else detections
+        if torch.jit.is_scripting():
+            return losses, detections
+        return self.eager_outputs(losses, detections)
+
+    @torch.jit.unused
+    def batch_outputs(self, images: torch.Tensor):
+        """Eval-mode output for a batched tensor of bags: the detections of each, as for a list (torchvision's
+        behaviour); a detector with a dense output (``VAMaskRCNN``: label maps) overrides it."""
+        return self.forward(list(images))
 
     def detect(
         self,
         images: ImageList,
-        features: Features,
+        features: dict[str, torch.Tensor],
         original_image_sizes: list[tuple[int, int]],
         targets: list[dict[str, torch.Tensor]] | None = None,
     ) -> tuple[dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -81,9 +95,16 @@ class BagDetector:
 
         ``images``: the transformed batch (sizes for anchors and box clipping); ``original_image_sizes``: the sizes
         boxes and masks are mapped back to. Returns ``(losses, detections)``; losses are empty in eval mode.
+        ``features`` are :data:`Features`; the annotation is TorchScript's, which holds tensors only (an entry for
+        the RoI heads that is not a tensor, VA's ``"bag"``, works in eager mode only).
         """
-        rpn_features = OrderedDict((name, features[name]) for name in self.backbone.rpn_feature_names)
+        rpn_features: dict[str, torch.Tensor] = OrderedDict()
+        for name in self.backbone.rpn_feature_names:
+            rpn_features[name] = features[name]
         proposals, proposal_losses = self.rpn(images, rpn_features, targets)
         detections, detector_losses = self.roi_heads(features, proposals, images.image_sizes, targets)
         detections = self.transform.postprocess(detections, images.image_sizes, original_image_sizes)
-        return {**detector_losses, **proposal_losses}, detections
+        losses: dict[str, torch.Tensor] = {}
+        losses.update(detector_losses)
+        losses.update(proposal_losses)
+        return losses, detections

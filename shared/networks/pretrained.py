@@ -38,6 +38,20 @@ class LoadReport:
         return "\n".join([text, *details])
 
 
+def require_checkpoint(path: str | Path, url: str) -> Path:
+    """``path`` if it is a file; otherwise stop the program with one line naming the file and where to get it.
+
+    For the configs' default pre-training: nothing is downloaded (a run must not depend on being online).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(
+            f"pretrained weights {path} not found: download {url} to that path (or give --pretrained_path <file>),"
+            " or train from random weights with --pretrained false"
+        )
+    return path
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file (.pt/.pth via ``torch.load(weights_only=True)``, or .safetensors).
 

@@ -18,6 +18,7 @@ detector's own transform is set to the identity normalisation (mean 0, std 1) so
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Final
 
 import torch
 import torchvision
@@ -35,6 +36,31 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SLICES_PER_IMAGE = 3  # sec. 3.2: "we stack three adjacent axial slices into a 3-channel image"
 LOCATIONS = ("rpn", "roi")
+LIVER_CLASS, LESION_CLASS = 1, 2  # the VA Mask R-CNN's classes on LiTS after the background (sec. 3.2)
+
+
+def paste_labels(
+    detections: dict[str, torch.Tensor],
+    shape: tuple[int, int],
+    score_threshold: float = 0.5,
+    mask_threshold: float = 0.5,
+    liver_label: int = LIVER_CLASS,
+    lesion_label: int | None = LESION_CLASS,
+) -> torch.Tensor:
+    """One slice's detections -> (H, W) label map (sec. 3.2): the masks of the detections scoring at least
+    ``score_threshold``, binarised at ``mask_threshold``; lesions only inside the predicted liver ("the logical AND
+    of the predicted liver and lesion masks"). ``lesion_label=None`` keeps every class as is."""
+    out = torch.zeros(shape, device=detections["boxes"].device)
+    keep = detections["scores"] >= score_threshold
+    masks = detections["masks"][:, 0] >= mask_threshold
+    labels = detections["labels"]
+    for cls in labels[keep].unique().tolist():
+        if cls != lesion_label:
+            out[masks[keep & (labels == cls)].any(dim=0)] = cls
+    if lesion_label is not None:
+        lesion = masks[keep & (labels == lesion_label)].any(dim=0) & (out == liver_label)
+        out[lesion] = lesion_label
+    return out
 
 
 class VABackbone(nn.Module):
@@ -45,14 +71,23 @@ class VABackbone(nn.Module):
         bag_size: N, number of 2.5D images in the bag (input channels = 3N).
         attention: False gives the baseline 2.5D detector: only the target image is used (same input format).
         channel, spatial: switches of the VA block (Table 2d).
+        spatial_scale: divide eq. 3's product by H*W (``VolumetricAttention``); default False, eq. 3 as written.
         location: ``"rpn"`` (default, Fig. 2): VA on every FPN level, one block per level (levels differ in scale
             and statistics, so they do not share weights); ``"roi"`` (Table 2e "RCNN"): the RPN sees the target's
             own features and VA is applied to RoI-aligned bag features by :class:`BagRoIAlign` in the heads, which
             read them from the ``"bag"`` entry :meth:`attend` adds.
 
     ``forward(x)``: x (B, 3N, H, W) in [0, 1] -> OrderedDict level -> (B, C, h, w), like ``BackboneWithFPN``
-    (plus ``"bag"`` in the ``"roi"`` location).
+    (plus ``"bag"`` in the ``"roi"`` location). Scriptable (``torch.jit.script``) in the ``"rpn"`` location.
     """
+
+    __jit_unused_properties__ = ["image_offsets"]
+    slices_per_image: Final[int]
+    bag_size: Final[int]
+    target_index: Final[int]
+    use_attention: Final[bool]
+    attention_in_heads: Final[bool]
+    images_per_bag: Final[int]
 
     def __init__(
         self,
@@ -62,6 +97,7 @@ class VABackbone(nn.Module):
         channel: bool = True,
         spatial: bool = True,
         location: str = "rpn",
+        spatial_scale: bool = False,
     ) -> None:
         super().__init__()
         if bag_size < 1 or bag_size % 2 == 0:
@@ -71,10 +107,13 @@ class VABackbone(nn.Module):
         self.body = fpn_backbone.body
         self.fpn = fpn_backbone.fpn
         self.out_channels = fpn_backbone.out_channels
+        self.slices_per_image = SLICES_PER_IMAGE
         self.bag_size = bag_size
         self.target_index = bag_size // 2
         self.use_attention = attention
         self.location = location
+        self.attention_in_heads = attention and location == "roi"
+        self.images_per_bag = bag_size if attention else 1
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         levels = list(self.body.return_layers.values())
@@ -84,7 +123,12 @@ class VABackbone(nn.Module):
         self.rpn_feature_names = tuple(levels)
         if attention and location == "rpn":
             self.attention = nn.ModuleDict(
-                {lvl: VolumetricAttention(2, self.out_channels, channel=channel, spatial=spatial) for lvl in levels}
+                {
+                    lvl: VolumetricAttention(
+                        2, self.out_channels, channel=channel, spatial=spatial, spatial_scale=spatial_scale
+                    )
+                    for lvl in levels
+                }
             )
 
     @property
@@ -98,34 +142,50 @@ class VABackbone(nn.Module):
             return [0]
         return [SLICES_PER_IMAGE * (k - self.target_index) for k in range(self.bag_size)]
 
-    def image_features(self, images: torch.Tensor) -> Features:
+    def image_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """FPN features of 3-channel images (M, 3, H, W) in [0, 1] -> OrderedDict level -> (M, C, h, w)."""
         return self.fpn(self.body((images - self.mean) / self.std))
 
-    def attend(self, bag: Features) -> Features:
+    def attend(self, bag: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Bag features (level -> (B, N', C, h, w), N' = len(image_offsets)) -> target features (B, C, h, w).
 
         In the ``"roi"`` location the target's own features come with ``"bag"``: the bag features themselves, for
-        :class:`BagRoIAlign`.
+        :class:`BagRoIAlign` (eager mode only).
         """
+        out: dict[str, torch.Tensor] = OrderedDict()
         if not self.use_attention:
-            return OrderedDict((k, v[:, 0]) for k, v in bag.items())
-        if self.location == "roi":
-            return OrderedDict([*((k, v[:, self.target_index]) for k, v in bag.items()), ("bag", bag)])
-        return OrderedDict((k, self.attention[k](v, self.target_index)) for k, v in bag.items())
+            for name, features in bag.items():
+                out[name] = features[:, 0]
+        elif self.attention_in_heads:
+            out = self._attend_in_heads(bag)
+        else:
+            for name, block in self.attention.items():
+                out[name] = block(bag[name], self.target_index)
+        return out
 
-    def forward(self, x: torch.Tensor) -> Features:
-        b, c, h, w = x.shape
-        if c != SLICES_PER_IMAGE * self.bag_size:
-            raise ValueError(
-                f"expected a bag of {self.bag_size} 2.5D images = {SLICES_PER_IMAGE * self.bag_size} channels, got {c}"
-            )
+    def __prepare_scriptable__(self):
+        if self.attention_in_heads:
+            raise NotImplementedError("VA in the RoI heads (location 'roi') passes nested features: eager mode only")
+        return self
+
+    @torch.jit.unused
+    def _attend_in_heads(self, bag: Features) -> Features:
+        return OrderedDict([*((k, v[:, self.target_index]) for k, v in bag.items()), ("bag", bag)])
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        b, c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+        expected = self.slices_per_image * self.bag_size
+        if c != expected:
+            raise ValueError(f"expected a bag of {self.bag_size} 2.5D images = {expected} channels, got {c}")
         if not self.use_attention:
-            start = SLICES_PER_IMAGE * self.target_index
-            x = x[:, start : start + SLICES_PER_IMAGE]
-        n = len(self.image_offsets)
-        feats = self.image_features(x.reshape(b * n, SLICES_PER_IMAGE, h, w))
-        return self.attend(OrderedDict((k, v.reshape(b, n, *v.shape[1:])) for k, v in feats.items()))
+            start = self.slices_per_image * self.target_index
+            x = x[:, start : start + self.slices_per_image]
+        n = self.images_per_bag
+        feats = self.image_features(x.reshape(b * n, self.slices_per_image, h, w))
+        bag: dict[str, torch.Tensor] = OrderedDict()
+        for name, features in feats.items():
+            bag[name] = features.reshape([b, n] + list(features.shape[1:]))
+        return self.attend(bag)
 
 
 class BagRoIAlign(MultiScaleRoIAlign):
@@ -144,9 +204,10 @@ class BagRoIAlign(MultiScaleRoIAlign):
         channels: int,
         channel: bool = True,
         spatial: bool = True,
+        spatial_scale: bool = False,
     ) -> None:
         super().__init__(featmap_names, output_size, sampling_ratio)
-        self.attention = VolumetricAttention(2, channels, channel=channel, spatial=spatial)
+        self.attention = VolumetricAttention(2, channels, channel=channel, spatial=spatial, spatial_scale=spatial_scale)
 
     def forward(self, features, proposals, image_shapes):
         if "bag" not in features:
@@ -161,7 +222,20 @@ class BagRoIAlign(MultiScaleRoIAlign):
 
 
 class VAMaskRCNN(BagDetector, MaskRCNN):
-    """torchvision ``MaskRCNN`` on a :class:`VABackbone` (built by :func:`build_va_mask_rcnn`)."""
+    """torchvision ``MaskRCNN`` on a :class:`VABackbone` (built by :func:`build_va_mask_rcnn`).
+
+    ``model(images)`` with a list of bags gives torchvision's detections; with a batched tensor of bags
+    (B, 3N, H, W) in eval mode, the target slices' label maps (B, 1, H, W) (:meth:`batch_outputs`), the network
+    output that ``metadata.json``'s ``network_data_format`` describes.
+    """
+
+    @torch.jit.unused
+    def batch_outputs(self, images: torch.Tensor) -> torch.Tensor:
+        """Label maps (B, 1, H, W), float: 0 background, 1 liver, 2 lesion, by :func:`paste_labels` with its
+        defaults (those of the bundle's ``VolumeMaskInferer``)."""
+        detections = self.forward(list(images))
+        shape = (images.shape[-2], images.shape[-1])
+        return torch.stack([paste_labels(d, shape) for d in detections])[:, None]
 
 
 class VAFasterRCNN(BagDetector, FasterRCNN):
@@ -187,6 +261,7 @@ def _build(
     attention: bool,
     channel: bool,
     spatial: bool,
+    spatial_scale: bool,
     location: str,
     min_size: int,
     max_size: int,
@@ -204,6 +279,7 @@ def _build(
         channel=channel,
         spatial=spatial,
         location=location,
+        spatial_scale=spatial_scale,
     )
     levels = [lvl for lvl in va_backbone.levels if lvl != "pool"]
     if anchor_sizes is not None:
@@ -215,9 +291,11 @@ def _build(
         ratios = ((0.5, 1.0, 2.0),) * len(anchor_sizes)
         kwargs["rpn_anchor_generator"] = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), ratios)
     if attention and location == "roi":
-        kwargs["box_roi_pool"] = BagRoIAlign(levels, 7, 2, va_backbone.out_channels, channel, spatial)
+        kwargs["box_roi_pool"] = BagRoIAlign(levels, 7, 2, va_backbone.out_channels, channel, spatial, spatial_scale)
         if detector is VAMaskRCNN:
-            kwargs["mask_roi_pool"] = BagRoIAlign(levels, 14, 2, va_backbone.out_channels, channel, spatial)
+            kwargs["mask_roi_pool"] = BagRoIAlign(
+                levels, 14, 2, va_backbone.out_channels, channel, spatial, spatial_scale
+            )
     return detector(
         va_backbone,
         num_classes=num_classes,
@@ -235,6 +313,7 @@ def build_va_mask_rcnn(
     attention: bool = True,
     channel: bool = True,
     spatial: bool = True,
+    spatial_scale: bool = False,
     location: str = "rpn",
     min_size: int = 1024,
     max_size: int = 1024,
@@ -247,7 +326,8 @@ def build_va_mask_rcnn(
 ) -> VAMaskRCNN:
     """VA Mask R-CNN for LiTS (sec. 3.2): classes background, liver, lesion; bag of 9 images (27 slices), 1024 px.
 
-    ``attention=False`` is the baseline 2.5D Mask R-CNN (target image only) with the same input. ``backbone_weights``
+    ``attention=False`` is the baseline 2.5D Mask R-CNN (target image only) with the same input; ``spatial_scale``
+    divides eq. 3's product by H*W (default False: eq. 3 as written). ``backbone_weights``
     (e.g. ``"ResNet50_Weights.IMAGENET1K_V1"``) downloads ImageNet weights: only when asked and online; COCO or
     DeepLesion detector weights are loaded afterwards with :func:`shared.networks.pretrained.load_pretrained`.
     ``frozen_batchnorm`` defaults to True with pretrained backbone weights (torchvision's rule); set it True too when
@@ -263,6 +343,7 @@ def build_va_mask_rcnn(
         attention,
         channel,
         spatial,
+        spatial_scale,
         location,
         min_size,
         max_size,
@@ -281,6 +362,7 @@ def build_va_faster_rcnn(
     attention: bool = True,
     channel: bool = True,
     spatial: bool = True,
+    spatial_scale: bool = False,
     location: str = "rpn",
     min_size: int = 512,
     max_size: int = 512,
@@ -303,6 +385,7 @@ def build_va_faster_rcnn(
         attention,
         channel,
         spatial,
+        spatial_scale,
         location,
         min_size,
         max_size,

@@ -18,6 +18,7 @@ from torch import nn
 
 from shared.data.lits import LESION, LIVER
 from shared.engines.inferers.feature_cache import ImageFeatureCache
+from shared.networks.va_rcnn import paste_labels
 from shared.transforms.slice_bags import bag_slice_indices, image_slice_indices
 
 
@@ -53,17 +54,9 @@ class VolumeMaskInferer(Inferer):
 
     def slice_labels(self, detections: dict[str, torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
         """Paste one slice's detections into a (H, W) label map; lesions only inside the predicted liver."""
-        out = torch.zeros(shape, device=detections["boxes"].device)
-        keep = detections["scores"] >= self.score_threshold
-        masks = detections["masks"][:, 0] >= self.mask_threshold
-        labels = detections["labels"]
-        for cls in labels[keep].unique().tolist():
-            if cls != self.lesion_label:
-                out[masks[keep & (labels == cls)].any(dim=0)] = cls
-        if self.lesion_label is not None:
-            lesion = masks[keep & (labels == self.lesion_label)].any(dim=0) & (out == self.liver_label)
-            out[lesion] = self.lesion_label
-        return out
+        return paste_labels(
+            detections, shape, self.score_threshold, self.mask_threshold, self.liver_label, self.lesion_label
+        )
 
     def _volume_uncached(self, volume: torch.Tensor, network) -> list[dict]:
         depth = volume.shape[0]

@@ -16,11 +16,18 @@ by two attentions computed from the whole bag:
 
 The two are applied sequentially, channel first (sec. 1: "sequentially infers ... channel and spatial", as in
 CBAM): the spatial attention is computed from the bag with the channel gate applied to every member. Choices
-where the paper is vague are marked "vague:" below.
+where the paper is vague are marked "vague:" below. The block is TorchScript-scriptable (``torch.jit.script``).
 """
+
+from typing import Final
 
 import torch
 from torch import nn
+
+
+def bag_softmax(target_emb: torch.Tensor, bag_emb: torch.Tensor) -> torch.Tensor:
+    """Slice attention softmax_N(target . bag) for embeddings flattened to (B, L) and (B, N, L) -> (B, N)."""
+    return torch.softmax(torch.einsum("bl,bnl->bn", target_emb, bag_emb), dim=1)
 
 
 class VolumetricAttention(nn.Module):
@@ -33,12 +40,21 @@ class VolumetricAttention(nn.Module):
         spatial_kernel_size: kernel of the spatial embedding ``W`` and of the spatial head convolution.
         channel: use volumetric channel attention (Table 2d ablation).
         spatial: use volumetric spatial attention (Table 2d ablation).
+        spatial_scale: divide the target . bag product of the spatial embeddings by H*W (their mean instead of
+            their sum), so that the softmax temperature does not grow with the resolution of the pyramid level.
+            Default False: eq. 3 as written (the plain dot product).
 
     Forward:
         bag: (B, N, C, *spatial) features in z order.
         target_index: index of the target image in the bag (default: the middle one, ``N // 2``).
         returns: (B, C, *spatial), the attended target features (the target itself when both switches are off).
     """
+
+    # constants for TorchScript: the branches of a switched-off attention (whose layers do not exist) are not compiled
+    spatial_dims: Final[int]
+    channel: Final[bool]
+    spatial: Final[bool]
+    spatial_scale: Final[bool]
 
     def __init__(
         self,
@@ -48,6 +64,7 @@ class VolumetricAttention(nn.Module):
         spatial_kernel_size: int = 7,
         channel: bool = True,
         spatial: bool = True,
+        spatial_scale: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -56,6 +73,7 @@ class VolumetricAttention(nn.Module):
         self.spatial_dims = spatial_dims
         self.channel = channel
         self.spatial = spatial
+        self.spatial_scale = spatial_scale
         if channel:
             hidden = max(in_channels // reduction, 1)
             # F_emb^c = W2 relu(W1 F_avg^c(.)), shared by target and bag (eq. 2).
@@ -71,19 +89,14 @@ class VolumetricAttention(nn.Module):
             # vague: "an architecture similar to that of Section 2.2"; relu -> k x k conv (1 -> 1) -> sigmoid.
             self.spatial_head = nn.Sequential(nn.ReLU(), conv(1, 1, spatial_kernel_size, padding=pad), nn.Sigmoid())
 
-    @staticmethod
-    def _bag_softmax(target_emb: torch.Tensor, bag_emb: torch.Tensor) -> torch.Tensor:
-        """Slice attention softmax_N(target . bag) for embeddings flattened to (B, L) and (B, N, L) -> (B, N)."""
-        return torch.softmax(torch.einsum("bl,bnl->bn", target_emb, bag_emb), dim=1)
-
     def channel_attention(self, bag: torch.Tensor, target_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 2. Returns (slice attention S_att^c (B, N), channel gate S_c (B, C, 1, ...))."""
-        b, n, c = bag.shape[:3]
-        ones = (1,) * self.spatial_dims
-        pooled = bag.flatten(3).mean(dim=3).reshape(b * n, c, *ones)  # F_avg^c
+        b, n, c = bag.shape[0], bag.shape[1], bag.shape[2]
+        ones = [1] * self.spatial_dims
+        pooled = bag.flatten(3).mean(dim=3).reshape([b * n, c] + ones)  # F_avg^c
         emb = self.channel_embedding(pooled).reshape(b, n, c)  # F_emb^c of every bag member (target included)
-        att = self._bag_softmax(emb[:, target_index], emb)
-        attended = torch.einsum("bn,bnc->bc", att, emb).reshape(b, c, *ones)
+        att = bag_softmax(emb[:, target_index], emb)
+        attended = torch.einsum("bn,bnc->bc", att, emb).reshape([b, c] + ones)
         return att, self.channel_head(attended)
 
     def spatial_attention(
@@ -94,18 +107,23 @@ class VolumetricAttention(nn.Module):
         Returns (slice attention S_att^s (B, N), spatial gate S_s (B, 1, *spatial)). The channel-gated bag is pooled
         one member at a time, so it is never held whole in memory.
         """
-        b, n = bag.shape[:2]
-        spatial = bag.shape[3:]
-        pooled = []
+        b, n = bag.shape[0], bag.shape[1]
+        spatial = list(bag.shape[3:])
+        members = []
         for k in range(n):
-            member = bag[:, k] if channel_gate is None else bag[:, k] * channel_gate
-            pooled.append(torch.cat([member.amax(dim=1, keepdim=True), member.mean(dim=1, keepdim=True)], dim=1))
-        pooled = torch.stack(pooled, dim=1).flatten(0, 1)  # F_pool^s of every member, (B * N, 2, *spatial)
+            member = bag[:, k]
+            if channel_gate is not None:
+                member = member * channel_gate
+            members.append(torch.cat([member.amax(dim=1, keepdim=True), member.mean(dim=1, keepdim=True)], dim=1))
+        pooled = torch.stack(members, dim=1).flatten(0, 1)  # F_pool^s of every member, (B * N, 2, *spatial)
         emb = self.spatial_embedding(pooled).reshape(b, n, -1)  # F_emb^s flattened over H x W
-        # vague: the product of two 1 x H x W embeddings; we flatten them and take the dot product divided by H*W
-        # (a mean), so that the softmax temperature does not grow with the resolution of the pyramid level.
-        att = self._bag_softmax(emb[:, target_index] / emb.shape[2], emb)
-        attended = torch.einsum("bn,bnl->bl", att, emb).reshape(b, 1, *spatial)
+        # eq. 3: the product of two 1 x H x W embeddings, flattened: their dot product (spatial_scale: divided by
+        # H*W, their mean)
+        target = emb[:, target_index]
+        if self.spatial_scale:
+            target = target / emb.shape[2]
+        att = bag_softmax(target, emb)
+        attended = torch.einsum("bn,bnl->bl", att, emb).reshape([b, 1] + spatial)
         return att, self.spatial_head(attended)
 
     def forward(self, bag: torch.Tensor, target_index: int | None = None) -> torch.Tensor:
@@ -118,10 +136,11 @@ class VolumetricAttention(nn.Module):
         if not -n <= t < n:
             raise ValueError(f"target_index {t} outside a bag of {n}")
         target = bag[:, t]
-        channel_gate = None
+        channel_gate: torch.Tensor | None = None
         if self.channel:
-            _, channel_gate = self.channel_attention(bag, t)
-            target = target * channel_gate
+            _, gate = self.channel_attention(bag, t)
+            target = target * gate
+            channel_gate = gate
         if self.spatial:
             _, spatial_gate = self.spatial_attention(bag, t, channel_gate)
             target = target * spatial_gate
