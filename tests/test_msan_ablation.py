@@ -49,6 +49,7 @@ def test_summary_gives_mean_and_sd_over_seeds_and_the_vote_row():
             "kidney_dice": kidney,
             "tumour_dice": tumour,
             "train_s": 10.0 + seed,
+            "train_cpu_s": 18.0 + seed,
             "peak_rss_mib": 500.0 + seed,
         }
 
@@ -60,7 +61,7 @@ def test_summary_gives_mean_and_sd_over_seeds_and_the_vote_row():
     assert rows[0]["kidney"] == "0.850 +- 0.071" and rows[0]["tumour"] == "0.300 +- 0.141"
     assert rows[0]["train_s"] == 10.5 and rows[0]["peak_rss_mib"] == 501.0
     assert rows[1]["blocks"] == "3 / 1 / 2" and rows[2]["tumour"] == "0.600 +- 0.000"
-    assert "| 3D U-Net | 100 | 0 / 0 / 0 | 2 | 0.850 +- 0.071 | 0.300 +- 0.141 | 10 | 501 |" in markdown
+    assert "| 3D U-Net | 100 | 0 / 0 / 0 | 2 | 0.850 +- 0.071 | 0.300 +- 0.141 | 10 (18) | 501 |" in markdown
 
 
 @pytest.mark.slow
