@@ -48,8 +48,10 @@ def join_process_group(device: torch.device) -> None:
 
 
 def leave_process_group() -> None:
-    """Destroy the process group at the end of a run, if there is one."""
+    """Destroy the process group at the end of a run, if there is one, once every rank has got there (a rank that
+    destroys it early closes the connections another rank is still using, which aborts that rank)."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
