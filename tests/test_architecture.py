@@ -13,6 +13,7 @@ SHARED = Path(__file__).resolve().parents[1] / "shared"
 
 # lowest first; a package may import its own modules and those of lower layers only
 LAYERS = [
+    {"shared.errors"},
     {"shared.data", "shared.networks"},
     {"shared.phantoms", "shared.transforms", "shared.metrics"},
     {"shared.visualize"},
