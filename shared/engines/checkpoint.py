@@ -5,15 +5,22 @@ A bundle's train.json saves model, optimizer, LR scheduler and trainer state eve
 ``resume_checkpoint_epoch=<n>.pt``), and with ``--resume true`` loads the newest one at start with
 ``CheckpointLoader``, disabled when :func:`resume_path` gives None. An interrupted run so loses at most the epoch it
 was in.
+
+Inference loads ``models/model.pt`` with :class:`StateDictLoader`, which refuses a file that is not a checkpoint of
+the network in one line (:func:`shared.networks.pretrained.load_weights`).
 """
 
 import os
 import re
 from pathlib import Path
 
-from shared.engines.flags import as_bool
+from ignite.engine import Events
+from torch import nn
 
-__all__ = ["RESUME_PREFIX", "latest_checkpoint", "resume_path"]
+from shared.engines.flags import as_bool
+from shared.networks.pretrained import load_weights
+
+__all__ = ["RESUME_PREFIX", "StateDictLoader", "latest_checkpoint", "resume_path"]
 
 RESUME_PREFIX = "resume"
 
@@ -31,3 +38,21 @@ def latest_checkpoint(ckpt_dir: str | os.PathLike, prefix: str = RESUME_PREFIX) 
 def resume_path(ckpt_dir: str | os.PathLike, resume: bool | int | str) -> str | None:
     """The checkpoint a run resumes from: the newest in ``ckpt_dir`` if the ``resume`` knob is on, else None."""
     return latest_checkpoint(ckpt_dir) if as_bool(resume, "resume") else None
+
+
+class StateDictLoader:
+    """Ignite handler loading the plain state dict at ``load_path`` onto ``network`` when the engine starts.
+
+    Unlike MONAI's ``CheckpointLoader``, a missing, truncated or foreign file stops the run with one line naming it
+    (:func:`~shared.networks.pretrained.load_weights`).
+    """
+
+    def __init__(self, load_path: str | os.PathLike, network: nn.Module) -> None:
+        self.load_path = load_path
+        self.network = network
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine) -> None:
+        load_weights(self.network, self.load_path)

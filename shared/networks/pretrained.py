@@ -7,11 +7,14 @@ COCO Mask R-CNN ``state_dict`` (``maskrcnn_resnet50_fpn_coco-*.pth``), a DeepLes
 """
 
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from shared.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -69,9 +72,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:
-            raise ValueError(
-                f"cannot read checkpoint {path} (corrupt, or not a weights-only torch file): {err}"
-            ) from err
+            # torch.save writes a zip archive: anything else is corrupt or truncated (torch's message would say
+            # that the file "can still be loaded" unsafely, which misleads then)
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            zipped = zipfile.is_zipfile(path)
+            reason = f"not a weights-only torch file: {lines[0]}" if zipped else "corrupt or truncated"
+            raise InputError(f"{path}: cannot read checkpoint ({reason}); save or download it again") from err
     for key in WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -110,3 +116,29 @@ def load_pretrained(model: nn.Module, path: str | Path, prefixes: tuple[str, ...
     report.loaded = sorted(to_load)
     logger.info("pretrained weights from %s (prefixes %s): %s", path, ", ".join(prefixes), report.summary())
     return report
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """``model`` with every tensor of the checkpoint at ``path`` loaded (strict), for inference.
+
+    A missing, unreadable or truncated file, or the state dict of another network (or of this one built with other
+    settings), raises an :class:`InputError` naming the file, the network and the keys that differ.
+    """
+    path = Path(path)
+    name = type(model).__name__
+    if not path.is_file():
+        raise InputError(f"{path}: no such checkpoint; train {name} with configs/train.json or pass --ckpt_path")
+    checkpoint = read_state_dict(path)
+    target = model.state_dict()
+    missing = [k for k in target if k not in checkpoint]
+    unexpected = [k for k in checkpoint if k not in target]
+    mismatched = [k for k in target if k in checkpoint and checkpoint[k].shape != target[k].shape]
+    kinds = {"missing keys": missing, "unknown keys": unexpected, "keys of another shape": mismatched}
+    differences = [f"{len(keys)} {what}, e.g. {', '.join(keys[:3])}" for what, keys in kinds.items() if keys]
+    if differences:
+        raise InputError(
+            f"{path}: not a checkpoint of this {name} ({'; '.join(differences)}); give the model.pt trained with"
+            " configs/train.json and the same network settings"
+        )
+    model.load_state_dict(checkpoint)
+    return model

@@ -5,8 +5,10 @@
 - CT volumes (``.nii``, ``.nii.gz`` or a folder holding one DICOM series): every axial slice is a key slice
   (:func:`shared.engines.inferers.volume_boxes.detect_volume`).
 
-Output: ``detections.json`` in the format of ``shared.metrics.deeplesion`` (``series`` is the volume name for
-volumes), optionally ``<volume>_boxes.nii.gz`` with the box outlines drawn as label 1 in the input's space.
+Every input volume is checked (``volume_entries``) and the output folder probed before the first detection.
+Output, each file written atomically: ``detections.json`` in the format of ``shared.metrics.deeplesion`` (``series``
+is the volume name for volumes), optionally ``<volume>_boxes.nii.gz`` with the box outlines drawn as label 1 in the
+input's space.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import torch
 
 from shared.engines.inferers.volume_boxes import VolumeDetectionInferer, detect_volume
-from shared.engines.volume_io import find_volumes
+from shared.engines.volume_io import volume_entries, writable_output_dir, writing_to
 from shared.transforms.deeplesion import LoadDeepLesionSampled, prepare_entries
 
 logger = logging.getLogger(__name__)
@@ -62,12 +64,16 @@ def run_inference(
         from shared.data.deeplesion import make_datalist
 
         entries = prepare_entries(make_datalist(root)[split], loader)
+        writable_output_dir(out_dir)
         detections = detect_entries(model, entries, loader)
         logger.info("detected %d boxes on %d DeepLesion key slices", len(detections), len(entries))
     else:
+        paths = [Path(entry["image"]) for entry in volume_entries(str(root))]
+        writable_output_dir(out_dir)
         inferer = VolumeDetectionInferer(loader.params, batch_size)
         detections = []
-        for path in find_volumes(root):
+        for path in paths:
             detections += detect_volume(model, path, inferer, out_dir, label_threshold, min_score)
             logger.info("%s: %s", path.name, inferer.stats)
-    return write_detections(out_dir / "detections.json", detections)
+    with writing_to(out_dir):
+        return write_detections(out_dir / "detections.json", detections)

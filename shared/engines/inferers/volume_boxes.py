@@ -25,7 +25,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 
 from shared.data.atomic import atomic_path
 from shared.engines.inferers.feature_cache import ImageFeatureCache
-from shared.engines.volume_io import load_volume, volume_name
+from shared.engines.volume_io import load_volume, volume_name, writing_to
 from shared.transforms.deeplesion import DeepLesionPreprocessing, LoadDeepLesionSampled, rescale_factor
 
 # Slices are shown as DeepLesion's PNGs are (radiological view: rows anterior -> posterior, columns patient right ->
@@ -198,6 +198,6 @@ def detect_volume(
         label_volume = apply_orientation(
             outlines, ornt_transform(axcodes2ornt(WORKING_AXCODES), io_orientation(affine))
         )
-        with atomic_path(Path(output_dir) / f"{name}_boxes.nii.gz") as tmp:
+        with writing_to(output_dir), atomic_path(Path(output_dir) / f"{name}_boxes.nii.gz") as tmp:
             nib.save(nib.Nifti1Image(label_volume.astype(np.uint8), affine), str(tmp))
     return out
