@@ -9,6 +9,9 @@ from pathlib import Path
 
 import fire
 
+from shared.engines.user_errors import program_name
+from shared.errors import InputError
+
 
 def phantoms(dataset: str, out_dir: str, num_cases: int | None = None, seed: int = 0, **size) -> None:
     """Write a phantom dataset in the official layout of DATASET (kits19, lits or deeplesion) to OUT_DIR.
@@ -56,7 +59,7 @@ def datalist(dataset: str, root: str, out_json: str, **split) -> None:
         try:
             inspect.signature(make_datalist).bind(root, **split)
         except TypeError as err:
-            raise ValueError(f"{dataset} datalist options {split}: {err}") from err
+            raise InputError(f"{dataset} datalist options {split}: {err}") from err
         data = make_datalist(root, **split)
     except DatasetError as err:
         print(f"cannot build the {dataset} datalist of {root}:\n{err}", file=sys.stderr)
@@ -140,8 +143,9 @@ def verify(bundle_dir: str) -> None:
     print(f"{bundle_dir}: weights match large_files.yml")
 
 
-# Raised for problems with what the user gave (a missing or unreadable file, a wrong value; DatasetError and
-# PackError are ValueErrors): `main` reports them in one line. Any other exception is a bug and keeps its traceback.
+# Raised for problems with what the user gave (a missing or unreadable file, a wrong value: InputError, which
+# DatasetError and PackError are, and the ValueErrors of checks not yet converted to it): `main` reports them in one
+# line. Any other exception is a bug and keeps its traceback.
 INPUT_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError, ValueError)
 
 
@@ -160,5 +164,5 @@ def main() -> None:
             name="python -m shared",
         )
     except INPUT_ERRORS as err:
-        print(f"{' '.join(['python -m shared', *sys.argv[1:2]])}: {err}", file=sys.stderr)
+        print(f"{program_name()}: {err}", file=sys.stderr)
         sys.exit(1)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from shared.errors import InputError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLES_DIR = REPO_ROOT / "bundles"
 SHARED_PACKAGE = Path(__file__).resolve().parent
@@ -26,7 +28,7 @@ BUNDLE_ITEMS = ("configs", "docs", "LICENSE")
 HASH_TYPE = "sha256"
 
 
-class PackError(ValueError):
+class PackError(InputError):
     """A bundle cannot be packed because of its input (missing weights, metadata without a changelog entry, ...)."""
 
 

@@ -132,7 +132,7 @@ def test_boolean_knob_typed_as_neither_stops_naming_it(kits_root, tmp_path, knob
         timeout=600,
     )
     assert done.returncode != 0
-    assert f"ValueError: {knob}: expected true or false (or 1 / 0), got 'maybe'" in done.stderr
+    assert f"python -m monai.bundle run: {knob}: expected true or false (or 1 / 0), got 'maybe'" in done.stderr
     assert not list((tmp_path / "models").glob("*.pt"))
 
 

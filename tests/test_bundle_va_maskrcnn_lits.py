@@ -269,6 +269,7 @@ def test_default_training_without_the_weights_stops_at_once_naming_them(repo_roo
     assert result.returncode != 0
     line = result.stderr.strip().splitlines()[-1]
     assert line == (
+        "python -m monai.bundle run: "
         f"pretrained weights {tmp_path / 'models' / 'maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth'} not found: download"
         " https://download.pytorch.org/models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth to that path (or give"
         " --pretrained_path <file>), or train from random weights with --pretrained false"

@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
+from shared.errors import InputError
 
-class DatasetError(ValueError):
+
+class DatasetError(InputError):
     """A dataset root that cannot be used: the message lists every problem with its file and what to do."""
 
 
@@ -29,10 +31,15 @@ def root_problem(dataset: str, root, marker: str) -> str | None:
 
 
 def ensure_valid(dataset: str, root) -> None:
-    """Raise :class:`DatasetError` listing every problem of the ``dataset`` root ``root``; return if it is valid."""
+    """Raise :class:`DatasetError` naming the problem, or listing every one, of the ``dataset`` root ``root``.
+
+    Return if the root is valid. A single problem is the whole message (one line, its file named).
+    """
     from shared.data import dataset_module
 
     problems = dataset_module(dataset).validate(root)
+    if len(problems) == 1:
+        raise DatasetError(problems[0])
     if problems:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise DatasetError(f"{len(problems)} problem(s) in the {dataset} dataset root {root}:\n{lines}")

@@ -42,13 +42,13 @@ class LoadReport:
 
 
 def require_checkpoint(path: str | Path, url: str) -> Path:
-    """``path`` if it is a file; otherwise stop the program with one line naming the file and where to get it.
+    """``path`` if it is a file; otherwise an :class:`InputError` naming the file and where to get it.
 
     For the configs' default pre-training: nothing is downloaded (a run must not depend on being online).
     """
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(
+        raise InputError(
             f"pretrained weights {path} not found: download {url} to that path (or give --pretrained_path <file>),"
             " or train from random weights with --pretrained false"
         )
@@ -83,7 +83,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[key]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint {path} holds no state dict of tensors")
+        raise InputError(f"checkpoint {path} holds no state dict of tensors")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
