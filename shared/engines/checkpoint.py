@@ -6,6 +6,10 @@ A bundle's train.json saves model, optimizer, LR scheduler and trainer state eve
 ``CheckpointLoader``, disabled when :func:`resume_path` gives None. An interrupted run so loses at most the epoch it
 was in.
 
+It saves with :class:`AtomicCheckpointSaver`, not MONAI's ``CheckpointSaver``: MONAI's writes in place (ignite's
+``DiskSaver(atomic=False)``) and ignite deletes the previous file before writing the next, so a run killed while
+saving would leave no complete resume file, only a truncated one that resuming then fails to load.
+
 Inference loads ``models/model.pt`` with :class:`StateDictLoader`, which refuses a file that is not a checkpoint of
 the network in one line (:func:`shared.networks.pretrained.load_weights`).
 """
@@ -15,12 +19,14 @@ import re
 from pathlib import Path
 
 from ignite.engine import Events
+from ignite.handlers import DiskSaver
+from monai.handlers import CheckpointSaver
 from torch import nn
 
 from shared.engines.flags import as_bool
 from shared.networks.pretrained import load_weights
 
-__all__ = ["RESUME_PREFIX", "StateDictLoader", "latest_checkpoint", "resume_path"]
+__all__ = ["RESUME_PREFIX", "AtomicCheckpointSaver", "StateDictLoader", "latest_checkpoint", "resume_path"]
 
 RESUME_PREFIX = "resume"
 
@@ -56,3 +62,35 @@ class StateDictLoader:
 
     def __call__(self, engine) -> None:
         load_weights(self.network, self.load_path)
+
+
+class _AtomicDiskSaver(DiskSaver):
+    """ignite's atomic ``DiskSaver`` (a temporary file in the same folder, then ``os.replace``) that deletes the file
+    a new one supersedes only once the new one is complete, and can write under one fixed name (as MONAI's does)."""
+
+    def __init__(self, dirname: str, filename: str | None = None):
+        super().__init__(dirname=dirname, require_empty=False, atomic=True)
+        self.filename = filename
+        self._superseded: list[str] = []
+
+    def __call__(self, checkpoint, filename: str, metadata=None) -> None:
+        super().__call__(checkpoint=checkpoint, filename=self.filename or filename, metadata=metadata)
+        for old in self._superseded:
+            super().remove(old)
+        self._superseded.clear()
+
+    def remove(self, filename: str) -> None:
+        if self.filename is None:  # a fixed name is replaced in place by the next save
+            self._superseded.append(filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` (same arguments) whose files are each either complete or absent, and whose
+    ``n_saved`` newest files are on disk at every moment: killed while saving, a run leaves its previous checkpoints
+    (and at most one ``tmp*`` file, never loaded, that ignite names without the ``.pt`` suffix)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler = _AtomicDiskSaver(self.save_dir, checkpoint.save_handler.filename)
