@@ -3,7 +3,7 @@ with the same budget, several seeds each, then the five-model vote; kidney and t
 cases with the project's KiTS19 scorer.
 
     PYTHONPATH=. .venv/bin/python benchmarks/msan_ablation.py [--out outputs/msan_ablation]
-        [--arms unet v1 v2 v2_ds v1_ds] [--seeds 0 1 2] [--iterations 1200] [--jobs 2] [--cases 36] [--mixed_sizes]
+        [--arms unet v1 v2 v2_ds v1_ds] [--seeds 0 1 2] [--iterations 1200] [--jobs 2] [--cases 60] [--mixed_sizes]
         [--args_file more_overrides.json] [--smoke]
 
 Every arm runs the real bundle (``monai.bundle``'s ``create_workflow``, what ``python -m monai.bundle run`` calls) on
@@ -298,7 +298,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=1200, help="training iterations per model")
-    parser.add_argument("--cases", type=int, default=36, help="phantom cases (a sixth held out for testing)")
+    parser.add_argument("--cases", type=int, default=60, help="phantom cases (10 held out for testing)")
     parser.add_argument("--shape", type=int, nargs=3, default=None, help="phantom array shape (slices rows cols)")
     parser.add_argument("--jobs", type=int, default=2, help="arms trained at the same time (threads split evenly)")
     parser.add_argument("--mixed_sizes", action="store_true", help="phantoms with small tumours beside large ones")

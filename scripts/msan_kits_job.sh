@@ -23,7 +23,7 @@ mkdir -p "$OUT_DIR"
 start=$(date +%s)
 
 echo "== phantom KiTS19 data -> $OUT_DIR/kits19"
-$PY -m shared phantoms kits19 "$OUT_DIR/kits19" --seed "$SEED" --num_cases 36
+$PY -m shared phantoms kits19 "$OUT_DIR/kits19" --seed "$SEED" --num_cases 60
 $PY -c "import json; t = json.load(open('$OUT_DIR/kits19/phantom_tumours.json')); d = [x for c in t.values() for x in c['tumours']]; print(f\"{len(d)} tumours, long axis {min(x['diameters_mm'][0] for x in d):.0f}-{max(x['diameters_mm'][0] for x in d):.0f} mm = {min(x['long_axis_voxels'] for x in d):.1f}-{max(x['long_axis_voxels'] for x in d):.1f} voxels\")"
 
 # CPU demo sizes (the paper's defaults are in bundles/msan_kits/docs/README.md): the phantoms' native grid (about
