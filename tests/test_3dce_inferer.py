@@ -97,7 +97,7 @@ def test_box_label_inferer_as_served_equals_the_box_volume_of_detect_volume(repo
     parser = ConfigParser()
     parser.read_config(str(repo_root / "bundles" / "cs_att_deeplesion" / "configs" / "inference.json"))
     # MONAI Label runs no `initialize` and no dataset: these keys must build on their own
-    parser.update({"dataset_dir": str(tmp_path / "missing"), "label_threshold": 0.0, "device": "cpu"})
+    parser.update({"dataset_dir": str(tmp_path / "missing"), "label_threshold": 0.0, "device": "cpu", "num_images": 3})
     parser.parse()
     preprocessing, inferer = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("inferer")
     assert preprocessing.transforms[2].ornt_transform.axcodes == "".join(WORKING_AXCODES)

@@ -30,8 +30,9 @@ RUN_IDS = {
     "evaluate.json": ("evaluating", "run"),
     "inference.json": ("inference", "run"),
 }
-# tiny sizes: 64 px images, 1 epoch, no workers
-TINY = {"max_size": 64, "spacing_mm": 4.0, "num_workers": 0}
+# tiny sizes: 64 px images, M = 3, 1 epoch, no workers, no ImageNet VGG-16 file (the paper's M = 5 and VGG-16
+# weights are the defaults: tests/test_csatt_paper_defaults.py)
+TINY = {"max_size": 64, "spacing_mm": 4.0, "num_workers": 0, "num_images": 3, "pretrained": False}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,7 @@ def test_train_initialize_needs_no_dataset_and_the_datalist_checks_it(configs, t
     parser = ConfigParser()
     parser.read_config(str(configs / "train.json"))
     parser["dataset_dir"] = str(tmp_path / "missing_root")
+    parser["pretrained"] = False  # the default ImageNet VGG-16 file: tests/test_csatt_paper_defaults.py
     parser.get_parsed_content("initialize")
     assert parser["resume"] is False  # a resume file left in models/ must not end a new (MONAI Label) run at once
     with pytest.raises(Exception) as err:

@@ -49,7 +49,8 @@ def test_training_without_dataset_dir_ends_with_the_one_line_message(bundle, tmp
     default_root = ConfigParser.load_config_file(BUNDLES / bundle / "configs" / "train.json")["dataset_dir"]
     if Path(default_root).exists():
         pytest.skip(f"the default dataset_dir {default_root} exists on this machine")
-    no_weights = ["--pretrained", "false"] if bundle == "va_maskrcnn_lits" else []  # else the COCO file is missing
+    # else the COCO (va_maskrcnn_lits) or ImageNet VGG-16 (cs_att_deeplesion) file is missing
+    no_weights = ["--pretrained", "false"] if bundle != "msan_kits" else []
     line = _user_error(_train(bundle, "--ckpt_dir", tmp_path / "models", *no_weights))
     assert f"{default_root}: dataset root not found" in line and "--dataset_dir" in line
     assert f"python -m shared phantoms {DATASETS[bundle]}" in line

@@ -262,10 +262,12 @@ def validate(root) -> list[str]:
     return problems
 
 
-def make_datalist(root) -> dict:
+def make_datalist(root, train_and_val: bool = False) -> dict:
     """MONAI datalist of a DeepLesion root: one entry per key slice (rows grouped by File_name), rows with
     ``Possibly_noisy == 1`` removed (3DCE, CS-Att sec. 3), split by ``Train_Val_Test`` (the official patient-level
-    split).
+    split). With ``train_and_val`` the ``training`` list also holds the validation entries (VA paper sec. 3.3:
+    "training with the DeepLesion train and val sets"); ``validation`` keeps them, so its scores are then on
+    trained-on images.
 
     Entry: ``{"image": series folder, "key_slice", "slice_range": [first, last], "boxes": [[x1, y1, x2, y2], ...]
     0-based float pixels (DL_info.csv's 1-based minus 1), "lesion_types", "diameters_mm": [[long, short], ...]
@@ -296,4 +298,6 @@ def make_datalist(root) -> dict:
                 "series": series_name(first),
             }
         )
+    if train_and_val:
+        data["training"] = data["training"] + data["validation"]
     return data

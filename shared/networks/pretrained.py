@@ -8,6 +8,7 @@ COCO Mask R-CNN ``state_dict`` (``maskrcnn_resnet50_fpn_coco-*.pth``), a DeepLes
 
 import logging
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,14 +88,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_pretrained(model: nn.Module, path: str | Path, prefixes: tuple[str, ...] = ("backbone", "rpn")) -> LoadReport:
+def load_pretrained(
+    model: nn.Module,
+    path: str | Path,
+    prefixes: tuple[str, ...] = ("backbone", "rpn"),
+    rename: Mapping[str, str] | None = None,
+) -> LoadReport:
     """Copy the checkpoint's tensors whose keys start with one of ``prefixes`` onto ``model``; log and return a report.
 
     Tensors with a matching name and shape are loaded; the others are reported (``missing``: model keys under the
     prefixes that the checkpoint lacks, e.g. the VA blocks when starting from COCO; ``mismatched``: same name,
     other shape; ``unexpected``: checkpoint keys the model does not have). Nothing outside the prefixes is touched.
+    ``rename`` maps checkpoint keys to model keys first and leaves out the keys it does not name (the checkpoint of
+    another network, e.g. an ImageNet classifier onto a detector's backbone).
     """
     checkpoint = read_state_dict(path)
+    if rename is not None:
+        checkpoint = {rename[k]: v for k, v in checkpoint.items() if k in rename}
     target = model.state_dict()
 
     def selected(key: str) -> bool:

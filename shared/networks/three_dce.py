@@ -4,11 +4,14 @@ The detector is a torchvision ``GeneralizedRCNN`` (a transform, a backbone, an R
 the detection flow of :class:`shared.networks.bag_detector.BagDetector`.
 
 - Input: ``3M``-channel images, M three-slice images stacked on the channel axis with the key slice in the middle
-  image's middle channel (CS-Att sec. 2), already windowed and rescaled (``shared.transforms.deeplesion``), so the
-  transform neither normalises nor resizes; it only pads a batch to a multiple of ``size_divisible``.
-- Backbone (:class:`ThreeDCEBackbone`): one 2D network shared by the M images (VGG-16 up to relu5_3 with pool4
-  removed, stride 8, as 3DCE), CS-Att on the M relu5_3 maps (sec. 2.1-2.2), then per image a 1x1 convolution to
-  ``7 x 7 x 10`` position-sensitive channels, the M maps concatenated along channels (``M * 490``, sec. 2, 3DCE).
+  image's middle channel (CS-Att sec. 2), already windowed to [0, 1] and rescaled (``shared.transforms.deeplesion``),
+  so the transform neither normalises nor resizes; it only pads a batch to a multiple of ``size_divisible``.
+- Backbone (:class:`ThreeDCEBackbone`): each 3-channel image normalised with ``image_mean``/``image_std`` (default:
+  the ImageNet statistics torchvision's VGG-16 weights expect; 3DCE fed its Caffe VGG-16 the [0, 255] window minus a
+  pixel mean of 50, i.e. mean 50/255 and std 1/255 here), then one 2D network shared by the M images (VGG-16 up to
+  relu5_3 with pool4 removed, stride 8, as 3DCE; ImageNet weights via :func:`load_vgg16_imagenet`), CS-Att on the
+  M relu5_3 maps (sec. 2.1-2.2), then per image a 1x1 convolution to ``7 x 7 x 10`` position-sensitive channels,
+  the M maps concatenated along channels (``M * 490``, sec. 2, 3DCE).
   It returns ``{"key": features of the key image, "ps": concatenated position-sensitive maps}`` and follows the 2.5D
   backbone contract of :class:`shared.networks.bag_detector.BagBackbone`.
 - RPN: torchvision's RPN on the key image's (attended) features only (``rpn_feature_names``), anchors 16, 24, 32, 48,
@@ -21,6 +24,7 @@ the detection flow of :class:`shared.networks.bag_detector.BagDetector`.
 from __future__ import annotations
 
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 import torchvision
@@ -33,10 +37,16 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import ps_roi_align
 
+from shared.errors import InputError
 from shared.networks.bag_detector import BagDetector, Features
 from shared.networks.blocks.contextual_spatial_attention import ContextualSpatialAttention
+from shared.networks.pretrained import LoadReport, load_pretrained
 
 BACKBONES = ("vgg16", "resnet50", "resnet18", "tiny")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+VGG16_CONVS = (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28)  # torchvision vgg16().features indices of the convs
+VGG16_POOL4 = 23
 
 
 def build_slice_backbone(name: str = "vgg16", weights: str | None = None) -> tuple[nn.Module, int]:
@@ -82,7 +92,7 @@ class ThreeDCEBackbone(nn.Module):
 
     def __init__(
         self,
-        num_images: int = 3,
+        num_images: int = 5,
         backbone: str = "vgg16",
         backbone_weights: str | None = None,
         contextual: bool = True,
@@ -90,11 +100,15 @@ class ThreeDCEBackbone(nn.Module):
         ps_size: int = 7,
         ps_channels: int = 10,
         attention_kernel_size: int = 3,
+        image_mean: tuple[float, ...] = IMAGENET_MEAN,
+        image_std: tuple[float, ...] = IMAGENET_STD,
     ) -> None:
         super().__init__()
         if num_images < 1 or num_images % 2 == 0:
             raise ValueError(f"num_images (M) must be odd so the key image is in the middle, got {num_images}")
         self.num_images = num_images
+        self.register_buffer("mean", torch.tensor(image_mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(image_std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.body, self.out_channels = build_slice_backbone(backbone, backbone_weights)
         self.attention = ContextualSpatialAttention(
             self.out_channels, spatial_dims=2, contextual=contextual, spatial=spatial, kernel_size=attention_kernel_size
@@ -109,8 +123,9 @@ class ThreeDCEBackbone(nn.Module):
         return [3 * (i - self.num_images // 2) for i in range(self.num_images)]
 
     def image_features(self, images: torch.Tensor) -> Features:
-        """Backbone features of 3-channel slice images: ``(N, 3, H, W) -> {"body": (N, D, H/8, W/8)}``."""
-        return OrderedDict(body=self.body(images))
+        """Backbone features of 3-channel slice images in [0, 1], normalised with ``image_mean``/``image_std``:
+        ``(N, 3, H, W) -> {"body": (N, D, H/8, W/8)}``."""
+        return OrderedDict(body=self.body((images - self.mean) / self.std))
 
     def split_images(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3M, H, W) -> (B*M, 3, H, W)``, images in slice order."""
@@ -180,22 +195,25 @@ class ThreeDCE(BagDetector, GeneralizedRCNN):
     "labels"}``. ``images`` is a list of ``(3M, H, W)`` float tensors; boxes ``(x1, y1, x2, y2)`` in pixels.
 
     Args:
-        num_images: M three-slice images (3, 5, 7 => 9, 15, 21 slices, CS-Att Table 1).
+        num_images: M three-slice images (3, 5, 7 => 9, 15, 21 slices, CS-Att Table 1; 5 in its ablations).
         backbone: ``vgg16`` (3DCE), ``resnet50``, ``resnet18`` or ``tiny``; ``backbone_weights`` as torchvision's
             ``weights``.
         contextual, spatial: CS-Att switches (Table 3 ablation; both off = plain 3DCE).
         num_classes: including background (2: lesion / not).
         anchor_sizes, aspect_ratios: RPN anchors in pixels (3DCE: 16, 24, 32, 48, 96 and 0.5, 1, 2).
+        image_mean, image_std: per-channel normalisation of each 3-channel image in [0, 1] (default ImageNet's, for
+            torchvision's VGG-16 weights; 3DCE's Caffe VGG-16 input, [0, 255] minus 50: 50/255 and 1/255).
         ps_size, ps_channels: position-sensitive grid (7) and channels per image (10) => 490 maps per image.
         fc_channels: the fully connected layer after the pooling (2048, improved R-FCN).
-        rpn_*/box_*: torchvision RPN/RoIHeads parameters. Sampling sizes follow 3DCE's released configuration as we
-        recall it (32 anchors, 64 RoIs per image); the test-time NMS (0.3) and proposal numbers are the Faster
-        R-CNN defaults 3DCE inherits. All are config values.
+        rpn_*/box_*: torchvision RPN/RoIHeads parameters. Sampling sizes are those of the CS-Att authors' released
+        3DCE configuration (``RPN_BATCH_SIZE: 32``, ``BATCH_ROIS: 32``, ``FG_FRACTION: 0.25``); the test-time NMS
+        (0.3) and proposal numbers are the Faster R-CNN defaults 3DCE inherits. Its box-regression loss weight
+        (``RCNN_REG_LOSS_WEIGHT: 10``) is the trainer's ``loss_weights`` (train.json ``box_loss_weight``).
     """
 
     def __init__(
         self,
-        num_images: int = 3,
+        num_images: int = 5,
         backbone: str = "vgg16",
         backbone_weights: str | None = None,
         contextual: bool = True,
@@ -207,6 +225,8 @@ class ThreeDCE(BagDetector, GeneralizedRCNN):
         ps_channels: int = 10,
         fc_channels: int = 2048,
         attention_kernel_size: int = 3,
+        image_mean: tuple[float, ...] = IMAGENET_MEAN,
+        image_std: tuple[float, ...] = IMAGENET_STD,
         size_divisible: int = 8,
         rpn_pre_nms_top_n_train: int = 12000,
         rpn_post_nms_top_n_train: int = 2000,
@@ -219,14 +239,23 @@ class ThreeDCE(BagDetector, GeneralizedRCNN):
         rpn_positive_fraction: float = 0.5,
         box_fg_iou_thresh: float = 0.5,
         box_bg_iou_thresh: float = 0.5,
-        box_batch_size_per_image: int = 64,
+        box_batch_size_per_image: int = 32,
         box_positive_fraction: float = 0.25,
         box_score_thresh: float = 0.001,
         box_nms_thresh: float = 0.3,
         box_detections_per_img: int = 100,
     ) -> None:
         body = ThreeDCEBackbone(
-            num_images, backbone, backbone_weights, contextual, spatial, ps_size, ps_channels, attention_kernel_size
+            num_images,
+            backbone,
+            backbone_weights,
+            contextual,
+            spatial,
+            ps_size,
+            ps_channels,
+            attention_kernel_size,
+            image_mean,
+            image_std,
         )
         anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
         rpn = RegionProposalNetwork(
@@ -256,6 +285,7 @@ class ThreeDCE(BagDetector, GeneralizedRCNN):
         )
         super().__init__(body, rpn, roi_heads, PaddingOnlyTransform(size_divisible))
         self.num_images = num_images
+        self.backbone_name = backbone
 
     @torch.no_grad()
     def attention_maps(self, images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -263,3 +293,29 @@ class ThreeDCE(BagDetector, GeneralizedRCNN):
         image_list, _ = self.transform(images)
         _, maps = self.backbone(image_list.tensors, return_maps=True)
         return maps
+
+
+def vgg16_keys() -> dict[str, str]:
+    """torchvision ``vgg16`` state-dict keys -> the :class:`ThreeDCE` keys of the same tensors (pool4 removed)."""
+    keys = {}
+    for i in VGG16_CONVS:
+        for p in ("weight", "bias"):
+            keys[f"features.{i}.{p}"] = f"backbone.body.{i - 1 if i > VGG16_POOL4 else i}.{p}"
+    return keys
+
+
+def load_vgg16_imagenet(model: ThreeDCE, path: str | Path) -> LoadReport:
+    """torchvision's ImageNet VGG-16 weights (``vgg16-397923af.pth``) into the 3DCE VGG-16 backbone (CS-Att sec. 3:
+    "We initialize the network using pre-trained ImageNet vgg-16 model"); the classifier is not used."""
+    if model.backbone_name != "vgg16":
+        raise InputError(
+            f"--pretrained loads ImageNet VGG-16 weights, but the backbone is {model.backbone_name}: give --backbone"
+            " vgg16, or --pretrained false (torchvision weights for other backbones: --backbone_weights DEFAULT)"
+        )
+    report = load_pretrained(model, path, prefixes=("backbone.body",), rename=vgg16_keys())
+    if report.missing or report.mismatched:
+        raise InputError(
+            f"{path}: not torchvision's VGG-16 state dict ({len(report.missing)} of {2 * len(VGG16_CONVS)} conv"
+            f" tensors missing, {len(report.mismatched)} of another shape); give vgg16-397923af.pth"
+        )
+    return report

@@ -7,9 +7,10 @@ For a key slice of a series (``Images_png/<pat>_<study>_<series>/<slice>.png``, 
    file is replaced by the nearest existing slice towards the key slice (3DCE's ``get_slice_name``), which also
    replicates the end slices beyond the series ends. Without a valid slice interval the key slice is repeated.
 2. HU window [-1024, 3071] mapped to [0, 1] with clipping. 3DCE mapped the window to [0, 255] and subtracted a
-   pixel mean because its VGG-16 came from Caffe ImageNet weights; we train from scratch or with torchvision
-   weights, where [0, 1] is the usual input range (the detectors do no further normalisation, or their own).
-3. Rescale to 0.8 mm/pixel, the longest side capped at 512 pixels (3DCE), bilinear; boxes scaled alike.
+   pixel mean of 50 for its Caffe ImageNet VGG-16; the detectors normalise each 3-channel image themselves for
+   their pretrained weights (``ThreeDCE``'s ``image_mean``/``image_std``: ImageNet's for torchvision's VGG-16).
+3. Rescale to 0.8 mm/pixel, the longest side capped at 512 pixels (3DCE), bilinear; boxes scaled alike. 3DCE
+   first crops the black border around the body (``IMG_DO_CLIP``); not done here (boxes would need the offset).
 4. 3M slices grouped into M 3-channel images, key slice in the middle image's middle channel (CS-Att sec. 2).
 
 Decoded samples are cached as ``.npz`` (float16 image, scale) named by a hash of the series path, key slice and
@@ -124,7 +125,7 @@ def rescale_factor(shape_hw: Sequence[int], pixel_spacing: float, spacing_mm: fl
 class DeepLesionPreprocessing:
     """Parameters of the 3DCE preprocessing; ``num_images`` is M (3M slices)."""
 
-    num_images: int = 3
+    num_images: int = 5
     slice_interval_mm: float = 2.0
     hu_window: tuple[float, float] = (-1024.0, 3071.0)
     spacing_mm: float = 0.8
@@ -182,7 +183,7 @@ class LoadDeepLesionSampled(MapTransform):
     def __init__(
         self,
         keys: str = "image",
-        num_images: int = 3,
+        num_images: int = 5,
         slice_interval_mm: float = 2.0,
         hu_window: Sequence[float] = (-1024.0, 3071.0),
         spacing_mm: float = 0.8,
