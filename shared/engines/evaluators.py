@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from monai.engines import Evaluator
 
+from shared.engines.precision import autocast
 from shared.engines.trainers import prepare_detection_batch
 
 
@@ -25,6 +26,6 @@ class KeySliceDetectionEvaluator(Evaluator):
     def _iteration(self, engine: KeySliceDetectionEvaluator, batchdata) -> dict:
         images, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
         engine.network.eval()
-        with torch.no_grad(), torch.autocast("cuda", enabled=engine.amp and engine.state.device.type == "cuda"):
+        with torch.no_grad(), autocast(engine.state.device, engine.amp):
             predictions = engine.network(images)
         return {"pred": predictions, "label": targets}

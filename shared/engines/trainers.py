@@ -8,7 +8,6 @@ in a MONAI ``SupervisedEvaluator`` with a slice-wise inferer (:mod:`shared.engin
 ``ValidationHandler``.
 """
 
-import contextlib
 import math
 from collections.abc import Callable, Iterable, Sequence
 
@@ -16,6 +15,8 @@ import torch
 from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from torch.optim import Optimizer
+
+from shared.engines.precision import autocast
 
 TARGET_KEYS = ("boxes", "labels", "masks")
 
@@ -88,14 +89,11 @@ class DetectionTrainer(Trainer):
         self.grad_clip_norm = grad_clip_norm
         self.loss_weights = loss_weights or {}
 
-    def _autocast(self):
-        return torch.autocast("cuda") if self.amp else contextlib.nullcontext()
-
     def _iteration(self, engine: "DetectionTrainer", batchdata) -> dict[str, float]:
         images, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking)
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=True)
-        with engine._autocast():
+        with autocast(engine.state.device, engine.amp):
             loss_dict = engine.network(images, targets)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         loss = sum(engine.loss_weights.get(k, 1.0) * v.float() for k, v in loss_dict.items())

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from shared.engines.inferers.volume_boxes import VolumeDetectionInferer, detect_volume
+from shared.engines.precision import autocast
 from shared.engines.volume_io import volume_entries, writable_output_dir, writing_to
 from shared.transforms.deeplesion import LoadDeepLesionSampled, prepare_entries
 
@@ -27,16 +28,20 @@ logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def detect_entries(model: torch.nn.Module, entries: Sequence[dict], loader: LoadDeepLesionSampled) -> list[dict]:
-    """Detections on DeepLesion key slices (datalist entries) in the PNG's pixels, as JSON-ready dicts."""
+def detect_entries(
+    model: torch.nn.Module, entries: Sequence[dict], loader: LoadDeepLesionSampled, amp: bool = False
+) -> list[dict]:
+    """Detections on DeepLesion key slices (datalist entries) in the PNG's pixels, as JSON-ready dicts; ``amp``:
+    the model runs in float16 autocast on a GPU."""
     model.eval()
     device = next(model.parameters()).device
     out = []
     for entry in entries:
         sample = loader(entry)
-        det = model([sample["image"].to(device)])[0]
+        with autocast(device, amp):
+            det = model([sample["image"].to(device)])[0]
         series = Path(entry["image"]).name
-        for box, score in zip((det["boxes"].cpu() / sample["scale"]).tolist(), det["scores"].tolist()):
+        for box, score in zip((det["boxes"].float().cpu() / sample["scale"]).tolist(), det["scores"].tolist()):
             out.append({"series": series, "slice": int(entry["key_slice"]), "box": box, "score": float(score)})
     return out
 
@@ -50,12 +55,14 @@ def run_inference(
     batch_size: int = 4,
     label_threshold: float | None = 0.5,
     min_score: float = 0.05,
+    amp: bool = False,
 ) -> Path:
     """Detect on ``dataset_dir`` (a DeepLesion root, or CT volumes) and write ``<output_dir>/detections.json``.
 
     A DeepLesion root (with ``DL_info.csv``) is read with ``shared.data.deeplesion.make_datalist`` and the entries
     of ``split`` are detected (all boxes, for FROC scoring); otherwise every volume of ``dataset_dir`` is (boxes
     scoring >= ``min_score``; with the label NIfTIs of boxes scoring >= ``label_threshold`` unless it is None).
+    ``amp``: the model runs in float16 autocast on a GPU.
     """
     from shared.metrics.deeplesion import write_detections
 
@@ -65,12 +72,12 @@ def run_inference(
 
         entries = prepare_entries(make_datalist(root)[split], loader)
         writable_output_dir(out_dir)
-        detections = detect_entries(model, entries, loader)
+        detections = detect_entries(model, entries, loader, amp)
         logger.info("detected %d boxes on %d DeepLesion key slices", len(detections), len(entries))
     else:
         paths = [Path(entry["image"]) for entry in volume_entries(str(root))]
         writable_output_dir(out_dir)
-        inferer = VolumeDetectionInferer(loader.params, batch_size)
+        inferer = VolumeDetectionInferer(loader.params, batch_size, amp)
         detections = []
         for path in paths:
             detections += detect_volume(model, path, inferer, out_dir, label_threshold, min_score)

@@ -25,6 +25,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 
 from shared.data.atomic import atomic_path
 from shared.engines.inferers.feature_cache import ImageFeatureCache
+from shared.engines.precision import autocast
 from shared.engines.volume_io import load_volume, volume_name, writing_to
 from shared.transforms.deeplesion import DeepLesionPreprocessing, LoadDeepLesionSampled, rescale_factor
 
@@ -40,6 +41,7 @@ class VolumeDetectionInferer:
     Args:
         preprocessing: 3DCE parameters (window, 2 mm context interval, 0.8 mm pixels, max size).
         batch_size: key slices detected together.
+        amp: the model runs in float16 autocast on a GPU (boxes come back as float32).
 
     ``__call__(model, volume, spacing)``: ``volume`` HU ``(X, Y, Z)`` reoriented to :data:`WORKING_AXCODES`,
     ``spacing`` ``(sx, sy, sz)`` in mm; returns for every slice ``k`` ``{"boxes" (N, 4) in the slice's pixels
@@ -50,9 +52,12 @@ class VolumeDetectionInferer:
     ``self.stats`` counts images requested and computed in the last call.
     """
 
-    def __init__(self, preprocessing: DeepLesionPreprocessing | None = None, batch_size: int = 4) -> None:
+    def __init__(
+        self, preprocessing: DeepLesionPreprocessing | None = None, batch_size: int = 4, amp: bool = False
+    ) -> None:
         self.preprocessing = preprocessing or DeepLesionPreprocessing()
         self.batch_size = batch_size
+        self.amp = amp
         self.stats = {"images_requested": 0, "images_computed": 0}
 
     def _image(self, volume: np.ndarray, positions: Sequence[float], pixel_spacing: float) -> np.ndarray:
@@ -94,11 +99,12 @@ class VolumeDetectionInferer:
         results: list[dict] = []
         for start in range(0, num_slices, self.batch_size):
             keys = list(range(start, min(start + self.batch_size, num_slices)))
-            bags = cache.bags([[self._positions(k + c * step, step, num_slices) for c in offsets] for k in keys])
-            features = model.backbone.attend(bags.features)
-            _, detections = model.detect(bags.images, features, bags.original_image_sizes)
+            with autocast(device, self.amp):
+                bags = cache.bags([[self._positions(k + c * step, step, num_slices) for c in offsets] for k in keys])
+                features = model.backbone.attend(bags.features)
+                _, detections = model.detect(bags.images, features, bags.original_image_sizes)
             for det in detections:
-                results.append({k: v.cpu() for k, v in det.items()} | {"boxes": det["boxes"].cpu() / scale})
+                results.append({k: v.cpu() for k, v in det.items()} | {"boxes": det["boxes"].float().cpu() / scale})
             cache.retain(used_from(keys[-1] + 1))  # drop images no later key slice can use
         self.stats = {"images_requested": cache.images_requested, "images_computed": cache.images_computed}
         return results
@@ -132,11 +138,14 @@ class BoxLabelInferer(Inferer):
         loader: its 3DCE preprocessing parameters (window, 2 mm context, pixel size) are used.
         batch_size: key slices detected together (:class:`VolumeDetectionInferer`).
         label_threshold: lowest score of a drawn box.
+        amp: the detector runs in float16 autocast on a GPU.
     """
 
-    def __init__(self, loader: LoadDeepLesionSampled, batch_size: int = 4, label_threshold: float = 0.5) -> None:
+    def __init__(
+        self, loader: LoadDeepLesionSampled, batch_size: int = 4, label_threshold: float = 0.5, amp: bool = False
+    ) -> None:
         super().__init__()
-        self.inferer = VolumeDetectionInferer(loader.params, batch_size)
+        self.inferer = VolumeDetectionInferer(loader.params, batch_size, amp)
         self.label_threshold = label_threshold
 
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> MetaTensor:

@@ -52,13 +52,15 @@ def evaluate_detector(
     loader: LoadDeepLesionSampled,
     split: str = "validation",
     num_pictures: int = 4,
+    amp: bool = False,
 ):
     """Detect on the key slices of ``split`` of a DeepLesion root, score them and draw the paper's pictures.
 
     Writes into ``output_dir``: ``detections.json``, ``sensitivity.csv`` (per key slice rows of
     ``shared.metrics.deeplesion.score_detections``), ``summary.json``, ``table2.csv`` (CS-Att Table 2 groups at 4 FPs
     per image), ``froc.png``, ``detections_<series>_<slice>.png`` (GT blue, TP green, FP red) and the attention
-    heatmaps. Prints the sensitivity table; returns the ``MetricTable``.
+    heatmaps. Prints the sensitivity table; returns the ``MetricTable``. ``amp``: detection in float16 autocast on a
+    GPU.
     """
     import json
 
@@ -68,7 +70,7 @@ def evaluate_detector(
 
     root, out_dir = Path(dataset_dir), Path(output_dir)
     entries = prepare_entries(make_datalist(root)[split], loader)
-    detections = detect_entries(model, entries, loader)
+    detections = detect_entries(model, entries, loader, amp)
     path = write_detections(out_dir / "detections.json", detections)
     truth = key_slices(read_annotations(root), split)
     table, result = score_detections(detections, truth, source=str(path))
