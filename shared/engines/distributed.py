@@ -1,6 +1,7 @@
 """Multi-GPU runs of a bundle under torchrun: the process's device, its process group, and the handlers each rank
 attaches (one process writes the logs and checkpoints; every process takes part in training and validation)."""
 
+import logging
 import os
 from collections.abc import Sequence
 
@@ -18,6 +19,8 @@ from monai.handlers import (
 )
 
 __all__ = ["RANK_ZERO_HANDLERS", "handlers_for_rank", "join_process_group", "leave_process_group", "local_device"]
+
+LOGGER = logging.getLogger("shared.distributed")
 
 # handlers that only log, draw or save: running them on every rank would write each log line and file N times
 RANK_ZERO_HANDLERS = (
@@ -40,11 +43,14 @@ def local_device() -> torch.device:
 
 
 def join_process_group(device: torch.device) -> None:
-    """Make ``device`` this process's GPU and join torchrun's process group (NCCL on GPUs, gloo on the CPU) once."""
+    """Make ``device`` this process's GPU and join torchrun's process group (NCCL on GPUs, gloo on the CPU) once;
+    log ``rank R of N (local rank L) on <device>``, what each process of a multi-node run took."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    local_rank = os.environ.get("LOCAL_RANK", "0")
+    LOGGER.info("rank %d of %d (local rank %s) on %s", dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
 def leave_process_group() -> None:
