@@ -7,6 +7,17 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT / "tests" / "data"
 
+# The smallest VA Mask R-CNN the va_maskrcnn_lits tests train (32 px bags of 3, ResNet-18, few proposals).
+VA_TINY_NETWORK = {
+    "image_size": 32,
+    "bag_size": 3,
+    "backbone": "resnet18",
+    "proposals_train": 50,
+    "proposals_test": 20,
+    "roi_samples": 16,
+    "detections_per_image": 5,
+}
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

@@ -16,16 +16,10 @@ from shared.data.lits import make_datalist
 from shared.phantoms.lits import make_phantoms
 from shared.transforms.sample_log import loaded_samples
 from shared.transforms.slice_bags import bag_slice_indices
-from tests.conftest import META_SCHEMA_MD5
+from tests.conftest import META_SCHEMA_MD5, VA_TINY_NETWORK
 
 TINY = {
-    "image_size": 32,
-    "bag_size": 3,
-    "backbone": "resnet18",
-    "proposals_train": 50,
-    "proposals_test": 20,
-    "roi_samples": 16,
-    "detections_per_image": 5,
+    **VA_TINY_NETWORK,
     "score_threshold": 0.05,
     "num_workers": 0,
     "pretrained": "false",  # the default loads COCO weights from models/; tests start from random weights

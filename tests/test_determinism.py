@@ -12,7 +12,7 @@ from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 from shared.phantoms import deeplesion, kits19, lits
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, VA_TINY_NETWORK
 
 # only the run's own folders and sizes differ from the defaults; the device is the CPU even where CUDA is present
 CPU = {"device": "$torch.device('cpu')", "amp": False, "epochs": 2, "val_interval": 100}
@@ -25,13 +25,7 @@ TINY = {
         "num_samples": 2,  # 2 training cases x 2 patches: 2 iterations of 2 patches a epoch
     },
     "va_maskrcnn_lits": {
-        "image_size": 32,
-        "bag_size": 3,
-        "backbone": "resnet18",
-        "proposals_train": 50,
-        "proposals_test": 20,
-        "roi_samples": 16,
-        "detections_per_image": 5,
+        **VA_TINY_NETWORK,
         "pretrained": False,
         "frozen_batchnorm": False,
         "samples_per_epoch": 4,

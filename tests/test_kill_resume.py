@@ -23,7 +23,7 @@ from monai.handlers import CheckpointSaver
 from shared.engines.checkpoint import AtomicCheckpointSaver, latest_checkpoint
 from shared.phantoms import deeplesion, kits19, lits
 from tests.bundle_cases import config_args
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, VA_TINY_NETWORK
 
 
 class _DiskFull:
@@ -108,13 +108,7 @@ CASES = {
     "va_maskrcnn_lits": {
         "phantoms": lambda out: lits.make_phantoms(out, num_cases=8, shape=(32, 32, 12), num_test=1),
         "args": {
-            "image_size": 32,
-            "bag_size": 3,
-            "backbone": "resnet18",
-            "proposals_train": 50,
-            "proposals_test": 20,
-            "roi_samples": 16,
-            "detections_per_image": 5,
+            **VA_TINY_NETWORK,
             "pretrained": False,
             "frozen_batchnorm": False,
             "samples_per_epoch": 8,
