@@ -289,3 +289,29 @@ def test_cli_disk_full_mid_run_leaves_no_partial_file(bundle, weights, tmp_path)
     assert done.returncode != 0
     assert f"{out}: cannot write the output there (No space left on device)" in done.stderr
     assert _predictions(out) == ["a_seg.nii.gz"]  # the first prediction is complete; no half-written second one
+
+
+def test_cli_ensemble_refuses_a_foreign_member_checkpoint(weights, tmp_path):
+    """Each member of msan_kits' five-model vote is loaded like model.pt: a foreign file is named in one last line."""
+    configs = [
+        str(REPO_ROOT / "bundles/msan_kits/configs" / name) for name in ("inference.json", "inference_ensemble.json")
+    ]
+    parser = ConfigParser()
+    parser.read_config(configs)
+    parser.update(TINY["msan_kits"])
+    members = tmp_path / "members"
+    for name, network in zip(("unet", "v1", "v1_ds", "v2", "v2_ds"), parser.get_parsed_content("ensemble_networks")):
+        (members / name).mkdir(parents=True)
+        torch.save(network.state_dict(), members / name / "model.pt")
+    foreign = members / "v2" / "model.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), foreign)
+    inputs, out = _inputs(tmp_path / "in", "ct.nii.gz"), tmp_path / "out"
+    args = {**TINY["msan_kits"], "dataset_dir": str(inputs), "ensemble_ckpt_dir": str(members), "output_dir": str(out)}
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs), *config_args(args)]
+    done = subprocess.run(
+        cmd, cwd=REPO_ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True
+    )
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert str(foreign) in last and "not a checkpoint of this MSAN" in last
+    assert _predictions(out) == []
