@@ -1,13 +1,17 @@
-"""3DCE preprocessing of DeepLesion PNG series: HU window, 2 mm interpolation, missing slices, spacing, cache."""
+"""3DCE preprocessing of DeepLesion PNG series: HU window, 2 mm interpolation, missing slices, spacing, black-border
+clipping, cache."""
 
 import warnings
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from shared.engines.inferers.deeplesion import detect_entries
 from shared.transforms.deeplesion import (
     LoadDeepLesionSampled,
+    body_box,
     context_positions,
     prepare_entries,
     rescale_factor,
@@ -124,3 +128,63 @@ def test_prepare_entries_skips_bad_rows_with_a_warning(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="no DeepLesion entry"):
             prepare_entries([missing], loader)
+
+
+def _framed_body(shape=(20, 30)) -> np.ndarray:
+    """HU slice: air (-1000) around a body of 40 HU in rows 5-14, columns 8-21, and a 2-pixel table line in row 17-18
+    (0 HU, above 3DCE's -768 threshold but thinner than its 7 x 7 opening)."""
+    hu = np.full(shape, -1000.0, dtype=np.float32)
+    hu[5:15, 8:22] = 40.0
+    hu[17:19, :] = 0.0
+    return hu
+
+
+def _framed_series(tmp_path, indices=range(1, 4)):
+    folder = tmp_path / "Images_png" / "000002_01_01"
+    folder.mkdir(parents=True)
+    for i in indices:
+        Image.fromarray((_framed_body() + 32768).astype(np.uint16)).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def test_body_box_is_the_body_without_the_table():
+    assert body_box(_framed_body()) == (5, 15, 8, 22)
+    assert body_box(np.full((6, 9), -1000.0)) == (0, 6, 0, 9)  # no body: the whole slice (3DCE)
+
+
+def test_black_border_clipped_before_rescaling_boxes_shifted(tmp_path):
+    folder = _framed_series(tmp_path)
+    entry = _entry(folder, 2, 2.0, boxes=((10.0, 7.0, 14.0, 11.0),))
+    loader = LoadDeepLesionSampled(num_images=1, cache_dir=tmp_path / "cache")
+    out = loader(entry)
+    assert out["image"].shape == (3, 10, 14) and out["origin"] == (8, 5)
+    assert np.allclose(_hu(out["image"].numpy()), 40.0, atol=1e-3)  # only body pixels are left
+    assert np.allclose(out["boxes"].numpy(), [[2.0, 2.0, 6.0, 6.0]])
+    assert loader(entry)["origin"] == (8, 5)  # from the cache
+    half = LoadDeepLesionSampled(num_images=1)(_entry(folder, 2, 2.0, pixel=0.4, boxes=((10.0, 7.0, 14.0, 11.0),)))
+    assert half["image"].shape == (3, 5, 7) and np.allclose(half["boxes"].numpy(), [[1.0, 1.0, 3.0, 3.0]])
+    whole = LoadDeepLesionSampled(num_images=1, clip_black_border=False)(entry)
+    assert whole["image"].shape == (3, 20, 30) and whole["origin"] == (0, 0)
+    assert np.allclose(whole["boxes"].numpy(), [[10.0, 7.0, 14.0, 11.0]])
+
+
+class _BoxesOfTheLoader(torch.nn.Module):
+    """A 'detector' that returns, in the preprocessed pixels, the boxes the loader made of the ground truth."""
+
+    def __init__(self, loader, entry):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.boxes = loader(entry)["boxes"]
+
+    def forward(self, images):
+        return [{"boxes": self.boxes, "scores": torch.ones(len(self.boxes))} for _ in images]
+
+
+@pytest.mark.parametrize("pixel", [0.8, 0.4])
+def test_inference_maps_boxes_back_to_png_pixels(tmp_path, pixel):
+    folder = _framed_series(tmp_path)
+    truth = [[10.0, 7.0, 14.0, 11.0], [9.0, 6.0, 21.0, 14.0]]
+    entry = _entry(folder, 2, 2.0, pixel=pixel, boxes=truth)
+    loader = LoadDeepLesionSampled(num_images=1)
+    detections = detect_entries(_BoxesOfTheLoader(loader, entry), [entry], loader)
+    assert [d["box"] for d in detections] == truth

@@ -9,11 +9,14 @@ For a key slice of a series (``Images_png/<pat>_<study>_<series>/<slice>.png``, 
 2. HU window [-1024, 3071] mapped to [0, 1] with clipping. 3DCE mapped the window to [0, 255] and subtracted a
    pixel mean of 50 for its Caffe ImageNet VGG-16; the detectors normalise each 3-channel image themselves for
    their pretrained weights (``ThreeDCE``'s ``image_mean``/``image_std``: ImageNet's for torchvision's VGG-16).
-3. Rescale to 0.8 mm/pixel, the longest side capped at 512 pixels (3DCE), bilinear; boxes scaled alike. 3DCE
-   first crops the black border around the body (``IMG_DO_CLIP``); not done here (boxes would need the offset).
-4. 3M slices grouped into M 3-channel images, key slice in the middle image's middle channel (CS-Att sec. 2).
+3. Black-border clipping (3DCE ``IMG_DO_CLIP``, on by default): all slices are cropped to the bounding box of the
+   body on the key slice (HU > -768, i.e. 3DCE's raw threshold 32000, after a 7 x 7 binary opening that removes thin
+   structures such as the table; the whole image when nothing is left); boxes are shifted by the crop's ``origin``.
+4. Rescale to 0.8 mm/pixel, the longest side (of the cropped image) capped at 512 pixels (3DCE), bilinear; boxes
+   scaled alike. A detection maps back to the PNG's pixels as ``box / scale + origin``.
+5. 3M slices grouped into M 3-channel images, key slice in the middle image's middle channel (CS-Att sec. 2).
 
-Decoded samples are cached as ``.npz`` (float16 image, scale) named by a hash of the series path, key slice and
+Decoded samples are cached as ``.npz`` (float16 image, scale, origin) named by a hash of the series path, key slice and
 parameters, so training reads one file per sample instead of 3M PNGs. :func:`prepare_entries` builds the cache up
 front and drops entries that cannot be read (with a warning naming them), so no epoch stops half-way.
 """
@@ -33,12 +36,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.transforms import MapTransform, Resize, ScaleIntensityRange
+from monai.transforms.utils import generate_spatial_bounding_box
 from PIL import Image
+from scipy.ndimage import binary_opening
 
 from shared.data.atomic import atomic_path
 from shared.data.deeplesion import HU_OFFSET
 
 logger = logging.getLogger(__name__)
+
+BODY_HU_THRESHOLD = -768.0  # 3DCE get_mask: raw PNG value > 32000, i.e. HU > 32000 - 32768
+BODY_OPENING_SIZE = 7  # 3DCE get_mask: binary opening with a 7 x 7 structure ("roughly remove bed")
 
 
 @lru_cache(maxsize=4096)
@@ -121,15 +129,27 @@ def rescale_factor(shape_hw: Sequence[int], pixel_spacing: float, spacing_mm: fl
     return float(scale)
 
 
+def body_box(hu: np.ndarray) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``, end exclusive: bounding box of the body on a HU slice as 3DCE's black-border clipping
+    finds it (HU > -768, 7 x 7 binary opening); the whole slice when no pixel is left."""
+    mask = binary_opening(hu > BODY_HU_THRESHOLD, structure=np.ones((BODY_OPENING_SIZE, BODY_OPENING_SIZE)))
+    if not mask.any():
+        return 0, hu.shape[0], 0, hu.shape[1]
+    (y0, x0), (y1, x1) = generate_spatial_bounding_box(mask[None])
+    return int(y0), int(y1), int(x0), int(x1)
+
+
 @dataclass(frozen=True)
 class DeepLesionPreprocessing:
-    """Parameters of the 3DCE preprocessing; ``num_images`` is M (3M slices)."""
+    """Parameters of the 3DCE preprocessing; ``num_images`` is M (3M slices); ``clip_black_border``: crop to the
+    body first (3DCE ``IMG_DO_CLIP``)."""
 
     num_images: int = 5
     slice_interval_mm: float = 2.0
     hu_window: tuple[float, float] = (-1024.0, 3071.0)
     spacing_mm: float = 0.8
     max_size: int = 512
+    clip_black_border: bool = True
 
     def window_and_rescale(self, slices: np.ndarray, pixel_spacing: float) -> tuple[np.ndarray, float]:
         """Window ``(S, H, W)`` HU slices to [0, 1] and rescale them; returns ``(image, scale)``."""
@@ -142,13 +162,16 @@ class DeepLesionPreprocessing:
         return np.asarray(image, dtype=np.float32), scale
 
     def series_sample(self, series_dir: str | Path, key_slice: int, spacing: Sequence[float]):
-        """``(3M, H', W')`` image in [0, 1] and its scale for ``key_slice`` of a PNG series; ``spacing`` as datalist."""
+        """``(image, scale, origin)`` for ``key_slice`` of a PNG series (``spacing`` as the datalist's): the
+        ``(3M, H', W')`` image in [0, 1] and the ``(x, y)`` PNG pixel of its crop's corner (``(0, 0)`` unclipped)."""
         files = slice_files(series_dir)
         if key_slice not in files:
             raise FileNotFoundError(f"{Path(series_dir) / f'{key_slice:03d}.png'}: key slice file is missing")
         positions = context_positions(key_slice, 3 * self.num_images, float(spacing[2]), self.slice_interval_mm)
         slices = interpolate_slices(lambda i: read_hu_png(files[i]), files, key_slice, positions)
-        return self.window_and_rescale(slices, float(spacing[0]))
+        y0, y1, x0, x1 = body_box(slices[len(slices) // 2]) if self.clip_black_border else (0, None, 0, None)
+        image, scale = self.window_and_rescale(slices[:, y0:y1, x0:x1], float(spacing[0]))
+        return image, scale, (x0, y0)
 
     def cache_name(self, series_dir: str | Path, key_slice: int, spacing: Sequence[float]) -> str:
         """File name of a cached sample: hash of the series path, key slice, spacing and these parameters."""
@@ -156,9 +179,13 @@ class DeepLesionPreprocessing:
         return hashlib.sha1(text.encode()).hexdigest()[:20] + ".npz"
 
 
-def scale_boxes(boxes, scale: float, image_hw: Sequence[int], name: str = "") -> np.ndarray:
-    """Boxes ``(N, 4)`` (x1, y1, x2, y2, 0-based pixels) times ``scale``, clipped to the image; empty ones dropped."""
-    arr = np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * scale
+def scale_boxes(
+    boxes, scale: float, image_hw: Sequence[int], name: str = "", origin: Sequence[float] = (0, 0)
+) -> np.ndarray:
+    """Boxes ``(N, 4)`` (x1, y1, x2, y2, 0-based PNG pixels) minus the crop ``origin`` ``(x, y)``, times ``scale``,
+    clipped to the image; empty ones dropped."""
+    x0, y0 = origin
+    arr = (np.asarray(boxes, dtype=np.float32).reshape(-1, 4) - np.float32([x0, y0, x0, y0])) * scale
     h, w = image_hw
     clipped = arr.copy()
     clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, w)
@@ -176,8 +203,8 @@ class LoadDeepLesionSampled(MapTransform):
 
     Reads ``image`` (series folder), ``key_slice``, ``spacing`` and ``boxes`` of the entry; writes ``image``
     (``(3M, H', W')`` float32 tensor in [0, 1]), ``boxes`` (float32 ``(N, 4)`` in the rescaled pixels), ``labels``
-    (int64 ones) and ``scale``. With ``cache_dir`` the preprocessed image is stored there on first use and read from
-    there afterwards.
+    (int64 ones), ``scale`` and ``origin`` (the ``(x, y)`` PNG pixel of the black-border crop's corner). With
+    ``cache_dir`` the preprocessed image is stored there on first use and read from there afterwards.
     """
 
     def __init__(
@@ -189,13 +216,16 @@ class LoadDeepLesionSampled(MapTransform):
         spacing_mm: float = 0.8,
         max_size: int = 512,
         cache_dir: str | Path | None = None,
+        clip_black_border: bool = True,
     ) -> None:
         super().__init__(keys)
-        self.params = DeepLesionPreprocessing(num_images, slice_interval_mm, tuple(hu_window), spacing_mm, max_size)
+        self.params = DeepLesionPreprocessing(
+            num_images, slice_interval_mm, tuple(hu_window), spacing_mm, max_size, clip_black_border
+        )
         self.cache_dir = Path(cache_dir) if cache_dir else None
 
-    def sample(self, entry: dict) -> tuple[np.ndarray, float]:
-        """Preprocessed ``(image, scale)`` of an entry, from the cache when there."""
+    def sample(self, entry: dict) -> tuple[np.ndarray, float, tuple[int, int]]:
+        """Preprocessed ``(image, scale, origin)`` of an entry, from the cache when there."""
         key = self.keys[0]
         args = (entry[key], int(entry["key_slice"]), entry["spacing"])
         if self.cache_dir is None:
@@ -203,22 +233,24 @@ class LoadDeepLesionSampled(MapTransform):
         path = self.cache_dir / self.params.cache_name(*args)
         if path.is_file():
             with np.load(path) as npz:
-                return npz["image"].astype(np.float32), float(npz["scale"])
-        image, scale = self.params.series_sample(*args)
+                origin = tuple(int(v) for v in npz["origin"])
+                return npz["image"].astype(np.float32), float(npz["scale"]), origin
+        image, scale, origin = self.params.series_sample(*args)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
-                np.savez(f, image=image.astype(np.float16), scale=np.float32(scale))
-        return image, scale
+                np.savez(f, image=image.astype(np.float16), scale=np.float32(scale), origin=np.int64(origin))
+        return image, scale, origin
 
     def __call__(self, data: dict) -> dict:
         d = dict(data)
-        image, scale = self.sample(d)
+        image, scale, origin = self.sample(d)
         name = f"{d.get('file_name', d[self.keys[0]])} (key slice {d['key_slice']})"
-        boxes = scale_boxes(d.get("boxes", []), scale, image.shape[1:], name)
+        boxes = scale_boxes(d.get("boxes", []), scale, image.shape[1:], name, origin)
         d[self.keys[0]] = torch.from_numpy(image)
         d["boxes"] = torch.from_numpy(boxes)
         d["labels"] = torch.ones(len(boxes), dtype=torch.int64)
         d["scale"] = scale
+        d["origin"] = origin
         return d
 
 

@@ -41,7 +41,9 @@ def detect_entries(
         with autocast(device, amp):
             det = model([sample["image"].to(device)])[0]
         series = Path(entry["image"]).name
-        for box, score in zip((det["boxes"].float().cpu() / sample["scale"]).tolist(), det["scores"].tolist()):
+        x0, y0 = sample["origin"]
+        boxes = det["boxes"].float().cpu() / sample["scale"] + torch.tensor([x0, y0, x0, y0], dtype=torch.float32)
+        for box, score in zip(boxes.tolist(), det["scores"].tolist()):
             out.append({"series": series, "slice": int(entry["key_slice"]), "box": box, "score": float(score)})
     return out
 
