@@ -78,7 +78,8 @@ def evaluate(dataset: str, pred_dir: str, ref_dir: str, out_csv: str | None = No
     Prints a per-case table and the summary; writes the table to OUT_CSV if given. OPTIONS go to the dataset's
     ``evaluate_dir`` (deeplesion: --split test|val|train, --iou_threshold 0.5, --use_iobb, --fp_rate 4,
     --convention 3dce|reachable: 3DCE's evaluation as in the papers' tables, the default, or reachable operating
-    points with continuous boxes; the table's title names it).
+    points with continuous boxes; the table's title names it; the summary adds ap50, the VOC all-points AP at IoU
+    >= 0.5 pooled over key slices).
     Exits 1 with the problem (file named) on stderr when the inputs cannot be scored.
     """
     import inspect

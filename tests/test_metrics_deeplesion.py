@@ -171,6 +171,24 @@ def test_no_detection_and_no_lesion():
         dl.froc([np.array([[10, 0, 0, 10]])], [np.array([0.5])], [np.zeros((0, 4))])
 
 
+def test_ap50_hand_worked_cases():
+    lesion, elsewhere = [0, 0, 9, 9], [50, 50, 59, 59]
+    assert dl.average_precision([[lesion], [elsewhere]], [[0.9], [0.4]], [[lesion], [elsewhere]]) == 1.0  # perfect
+    # one FP ranked above the only TP: precision 1/2 at recall 1 -> AP 0.5
+    assert dl.average_precision([[elsewhere, lesion]], [[0.9, 0.8]], [[lesion]]) == pytest.approx(0.5)
+    # TP, FP, TP on 2 lesions: recall 1/2 at precision 1, recall 1 at precision 2/3 -> 1/2 + 1/2 * 2/3
+    ap = dl.average_precision([[lesion, [30, 30, 39, 39]], [elsewhere]], [[0.9, 0.8], [0.7]], [[lesion], [elsewhere]])
+    assert ap == pytest.approx(5 / 6)
+    # a second detection of a found lesion is a FP (VOC); it ranks above the other lesion's hit
+    ap = dl.average_precision([[lesion, lesion], [elsewhere]], [[0.9, 0.8], [0.7]], [[lesion], [elsewhere]])
+    assert ap == pytest.approx(5 / 6)
+    assert dl.average_precision([[], []], [[], []], [[lesion], []]) == 0.0  # no detections
+    assert np.isnan(dl.average_precision([[lesion]], [[0.9]], [[]]))  # no lesion
+    # a 10 x 5 box on half of a 10 x 10 lesion: IoU 0.5 with +1 pixels (a hit), 36 / 81 continuous (a miss)
+    assert dl.average_precision([[[0, 0, 9, 4]]], [[0.9]], [[lesion]]) == 1.0
+    assert dl.average_precision([[[0, 0, 9, 4]]], [[0.9]], [[lesion]], pixel_inclusive=False) == 0.0
+
+
 def test_table2_threshold_from_all_images_then_sensitivity_per_group():
     result = dl.froc(BOXES, SCORES, GT)
     # at 1 FP/image the threshold is .6: only A is found. A: lung, 8 mm; B: liver, 20 mm (same image, interval
@@ -281,7 +299,7 @@ def test_evaluate_dir_perfect_then_one_lesion_missed(deeplesion_root, tmp_path):
     table = dl.evaluate_dir(pred_dir, deeplesion_root)
     assert table.summary["images"] == 2 and table.summary["lesions"] == 3
     assert table.summary["detections_ignored"] == 2
-    assert all(table.summary[f"sens@{r:g}"] == 1.0 for r in dl.FP_RATES)
+    assert all(table.summary[f"sens@{r:g}"] == 1.0 for r in dl.FP_RATES) and table.summary["ap50"] == 1.0
     assert table.rows[0] == {"series": "000001_01_01", "slice": 10, "lesions": 2, "found@4": 2, "fp@4": 0}
     # the bone lesion's detection moved off it: a FP at .8, the lesion missed
     exact[1]["box"] = [100, 100, 120, 120]
@@ -292,6 +310,7 @@ def test_evaluate_dir_perfect_then_one_lesion_missed(deeplesion_root, tmp_path):
     table = dl.evaluate_dir(pred_dir, deeplesion_root)
     assert table.summary["sens@0.5"] == pytest.approx(1 / 3)
     assert table.summary["sens@1"] == pytest.approx(2 / 3)  # past the curve's end (0.5): its last point
+    assert table.summary["ap50"] == pytest.approx(1 / 3 + 1 / 3 * 2 / 3)  # TP .9, FP .8, TP .7 of 3 lesions
     assert "3DCE convention" in table.title and "reachable convention" in reachable.title
     assert table.rows[0]["found@4"] == 1 and table.rows[0]["fp@4"] == 1
     assert table.summary["sens@4_BN"] == 0.0 and table.summary["sens@4_LU"] == 1.0
@@ -352,6 +371,8 @@ def test_cli_reports_the_3dce_convention_by_default_and_reachable_on_request(dee
     assert default.returncode == 0, default.stderr
     assert "3DCE convention: +1 pixel boxes, FROC interpolated as sens_at_FP" in default.stdout.splitlines()[0]
     assert sens(default.stdout, "0.5") == "0.3333" and sens(default.stdout, "1") == "0.6667"
+    ap50 = [line.split()[-1] for line in default.stdout.splitlines() if line.startswith("ap50 ")]
+    assert ap50 == ["0.5556"]  # TP .9, FP .8, TP .7 of 3 lesions: 1/3 * 1 + 1/3 * 2/3
     reachable = subprocess.run([*command, "--convention", "reachable"], cwd=repo_root, capture_output=True, text=True)
     assert reachable.returncode == 0, reachable.stderr
     assert "reachable convention" in reachable.stdout.splitlines()[0]

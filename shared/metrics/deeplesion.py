@@ -1,6 +1,7 @@
 """DeepLesion detection scoring: FROC sensitivities at FPs per image, as 3DCE evaluates (Yan et al. 2018) and the
 CS-Att paper reports (Tao et al. 2019, sec. 3 "Evaluation metrics": IoU > 0.5, sensitivity at 0.5, 1, 2, 4, 8, 16
-FPs per image; Table 2: sensitivity at 4 FPs per image by lesion type, diameter and slice interval).
+FPs per image; Table 2: sensitivity at 4 FPs per image by lesion type, diameter and slice interval), and AP50 beside
+them (``average_precision``: VOC all-points AP at IoU >= 0.5, which VA paper 004 sec. 3.3 reports on DeepLesion).
 
 Two conventions (``CONVENTIONS``), chosen by ``convention``:
 
@@ -214,6 +215,56 @@ def froc(
     )
 
 
+def average_precision(
+    pred_boxes: Sequence[np.ndarray],
+    pred_scores: Sequence[np.ndarray],
+    gt_boxes: Sequence[np.ndarray],
+    iou_threshold: float = 0.5,
+    pixel_inclusive: bool = True,
+) -> float:
+    """AP at IoU >= ``iou_threshold`` (AP50 by default; VA paper 004 sec. 3.3 reports it on DeepLesion), pooled over
+    images, as the PASCAL VOC devkit computes it.
+
+    All detections of all images are sorted by decreasing score (equal scores keep their input order); going down
+    the list, a detection is a true positive if the ground-truth box of its image it overlaps most has IoU >=
+    ``iou_threshold`` and is not yet matched (it then becomes matched), else a false positive (a second detection
+    of a lesion is one). AP is the area under the precision-recall curve with all-points interpolation (VOC 2010
+    and later): precision made monotone from the right, summed over every change of recall. Boxes are inclusive
+    pixel ranges (+1, as 3DCE's FROC and the VOC devkit) with ``pixel_inclusive``. No detection gives 0; no lesion
+    gives NaN.
+    """
+    if not len(pred_boxes) == len(pred_scores) == len(gt_boxes):
+        raise ValueError(
+            f"one entry per image expected: {len(pred_boxes)} pred_boxes, {len(pred_scores)} pred_scores, "
+            f"{len(gt_boxes)} gt_boxes"
+        )
+    gts = [_as_boxes(g, f"gt_boxes[{i}]") for i, g in enumerate(gt_boxes)]
+    num_lesions = sum(len(g) for g in gts)
+    if num_lesions == 0:
+        return math.nan
+    pooled = [
+        (float(score), i, box)
+        for i, (boxes, scores) in enumerate(zip(pred_boxes, pred_scores))
+        for box, score in zip(_as_boxes(boxes, f"pred_boxes[{i}]"), np.asarray(scores, dtype=float).reshape(-1))
+    ]
+    pooled.sort(key=lambda item: -item[0])
+    matched = [np.zeros(len(g), dtype=bool) for g in gts]
+    is_tp = np.zeros(len(pooled), dtype=bool)
+    for k, (_, i, box) in enumerate(pooled):
+        if not len(gts[i]):
+            continue
+        overlaps = box_overlaps(box[None], gts[i], pixel_inclusive=pixel_inclusive)[0]
+        best = int(np.argmax(overlaps))
+        if overlaps[best] >= iou_threshold and not matched[i][best]:
+            matched[i][best] = is_tp[k] = True
+    tp = np.cumsum(is_tp)
+    recall = np.concatenate([[0.0], tp / num_lesions, [1.0]])
+    precision = np.concatenate([[0.0], tp / np.arange(1, len(pooled) + 1), [0.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    steps = np.flatnonzero(recall[1:] != recall[:-1])
+    return float(np.sum((recall[steps + 1] - recall[steps]) * precision[steps + 1]))
+
+
 def type_group(type_id: int) -> str | None:
     """Table 2 abbreviation of a DeepLesion ``Coarse_lesion_type`` (None for -1, unknown)."""
     return LESION_TYPE_ABBREVIATIONS.get(int(type_id))
@@ -353,7 +404,8 @@ def score_detections(
 
     ``convention``: ``"3dce"`` (the papers' tables) or ``"reachable"``, see ``froc``; the title names it.
     Rows: per key slice, its lesions, those found and the false positives at the threshold of ``fp_rate``.
-    Summary: sensitivities at 0.5-16 FPs per image, and CS-Att Table 2 groups at ``fp_rate``. Detections on other
+    Summary: sensitivities at 0.5-16 FPs per image, AP at ``iou_threshold`` (``ap50``: ``average_precision``, VOC
+    all-points; IoU even with ``use_iobb``), and CS-Att Table 2 groups at ``fp_rate``. Detections on other
     slices are ignored and counted; if there are detections but none on a key slice, a ValueError (naming
     ``source``) says so, as series names or slice numbers must then be wrong.
     """
@@ -394,11 +446,19 @@ def score_detections(
     breakdown = table2_sensitivities(
         result, [k.types for k in truth], [k.diameters_mm for k in truth], [k.slice_interval_mm for k in truth], fp_rate
     )
+    ap = average_precision(
+        [[d["box"] for d in ds] for ds in dets],
+        [[d["score"] for d in ds] for ds in dets],
+        [k.boxes for k in truth],
+        iou_threshold,
+        pixel_inclusive=convention == "3dce",
+    )
     summary = {
         "images": result.num_images,
         "lesions": result.num_lesions,
         "detections_ignored": len(detections) - used,
         **result.as_dict(),
+        f"ap{round(100 * iou_threshold)}": ap,
         **{f"sens@{fp_rate:g}_{group}": value for group, value in breakdown.items()},
     }
     criterion = "IoBB" if use_iobb else "IoU"
