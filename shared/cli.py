@@ -18,10 +18,14 @@ def phantoms(dataset: str, out_dir: str, num_cases: int | None = None, seed: int
 
     The phantoms look like CT in HU (body, organs, lesions of several sizes, look-alike distractors, noise);
     the same seed gives the same files. NUM_CASES defaults to the dataset module's demo size. SIZE options go to
-    the dataset's ``make_phantoms`` (kits19/lits: --shape "[16,32,32]"; deeplesion: --image_size 64).
+    the dataset's ``make_phantoms`` (kits19/lits: --shape "[16,32,32]"; deeplesion: --image_size 64, and
+    --context true for look-alikes that only the slices around the key slice tell from lesions).
     """
     from shared.data import dataset_module
+    from shared.engines.flags import as_bool
 
+    if "context" in size:  # typed on the command line, false arrives as the string 'false'
+        size["context"] = as_bool(size["context"], "context")
     module = dataset_module(dataset, "shared.phantoms")
     kwargs = {"seed": seed, **size} if num_cases is None else {"seed": seed, "num_cases": num_cases, **size}
     root = module.make_phantoms(out_dir, **kwargs)

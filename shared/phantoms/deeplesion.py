@@ -1,6 +1,11 @@
-"""DeepLesion phantoms: PNG series with key slices, RECIST marks, noisy rows and a patient split, as in DL_info.csv."""
+"""DeepLesion phantoms: PNG series with key slices, RECIST marks, noisy rows and a patient split, as in DL_info.csv.
+
+``context=True`` adds look-alikes that only the slices around the key slice tell from lesions (:class:`Tube`).
+"""
 
 import csv
+import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -27,6 +32,39 @@ _WINDOWS = [(-175, 275), (-160, 240), (-135, 215), (-150, 250), (-1350, 150), (-
 _INTERVALS_MM = (1.0, 1.25, 2.0, 2.5, 3.0, 5.0)
 DEMO_NUM_CASES = 12
 DEMO_IMAGE_SIZE = 128
+KEY_IMAGE_MM = 2.0  # the key 3-slice image's slices are 2 mm apart (3DCE), interpolated between the series' slices
+LOOKALIKES_NAME = "context_lookalikes.json"
+
+
+def key_band_mm(interval: float) -> float:
+    """Half-thickness (mm) of the slab in which a context lesion and its look-alike are the same: the farthest
+    slice of the series that the key 3-slice image reads, plus one slice, so that the phantom's blur across slices
+    (0.6 voxel at most) carries less than 0.5 % of what differs beyond into the slices it reads."""
+    return interval * (math.ceil(KEY_IMAGE_MM / interval - 1e-9) + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tube:
+    """A look-alike of a context lesion: the lesion's ellipsoid ``blob`` within ``band`` mm of its centre, then the
+    blob's cross-section at ``band`` continued straight along z up to ``half_length`` mm from the centre, like a
+    vessel running through the slices. ``center`` and ``radii`` are the blob's (what lesion placement spaces by)."""
+
+    blob: ct.Ellipsoid
+    band: float
+    half_length: float
+
+    @property
+    def center(self) -> tuple[float, float, float]:
+        return self.blob.center
+
+    @property
+    def radii(self) -> tuple[float, float, float]:
+        return self.blob.radii
+
+    def contains(self, x, y, z, scale: float = 1.0):
+        dz = z - self.blob.center[2]
+        clamped = self.blob.center[2] + np.clip(dz, -self.band, self.band)
+        return self.blob.contains(x, y, clamped, scale) & (np.abs(dz) <= self.half_length)
 
 
 def _recist(mask: np.ndarray) -> tuple[list[float], float, float]:
@@ -66,8 +104,55 @@ def _split_of(patient: int, num_patients: int) -> int:
     return split_code("validation" if patient > num_patients - 2 * n_small else "training")
 
 
-def _series_rows(rng, root: Path, patient: int, study: int, split: int, image_size, seed: int) -> list[dict]:
-    """Render one phantom series, write its PNG slices, return its DL_info rows (values per column)."""
+def _draw_lesion(rng, anatomy: ct.Anatomy, z_mm: float, placed: list[ct.Lesion]) -> ct.Lesion | None:
+    """One lesion centred at ``z_mm``: a size class (6-15, 15-30, 30-60 mm), then sites by their weights until one
+    has room (bone lesions at most 25 mm); None if none has."""
+    diameter = rng.uniform(*[(6, 15), (15, 30), (30, 60)][rng.choice(3, p=[0.45, 0.35, 0.2])])
+    sites = rng.choice(list(_SITE_WEIGHTS), size=len(_SITE_WEIGHTS), replace=False, p=list(_SITE_WEIGHTS.values()))
+    for site in sites:
+        request = ct.LesionRequest(str(site), min(diameter, 25) if site == "bone" else diameter, z_mm)
+        lesion = ct.place_lesion(rng, anatomy, request, placed)
+        if lesion is not None:
+            return lesion
+    return None
+
+
+def context_objects(rng, anatomy: ct.Anatomy, z_mm: float, interval: float) -> tuple[list[ct.Lesion], set[int]]:
+    """2-5 objects on the key slice at ``z_mm``, drawn as lesions, then some of them (at least one, never all) turned
+    into look-alikes at random; returns the objects and the indices of the look-alikes.
+
+    Every object is flattened along z to end 1.45-1.6 times :func:`key_band_mm` from its centre (a lesion ending
+    within a few slices); a look-alike is that same object as a :class:`Tube` running 30-60 mm each way. So site,
+    size, HU, texture and shape on the slices the key 3-slice image reads come from the same draws for both."""
+    band = key_band_mm(interval)
+    placed: list[ct.Lesion] = []
+    for _ in range(int(rng.integers(2, 6))):
+        lesion = _draw_lesion(rng, anatomy, z_mm, placed)
+        if lesion is not None:
+            placed.append(lesion)
+    objects = []
+    for lesion in placed:
+        shape = lesion.shape
+        radii = (shape.radii[0], shape.radii[1], band * rng.uniform(1.45, 1.6))
+        objects.append(dataclasses.replace(lesion, shape=ct.Ellipsoid(shape.center, radii, shape.angle)))
+    count = int(rng.integers(1, len(objects))) if len(objects) > 1 else 0
+    lookalikes = {int(i) for i in rng.permutation(len(objects))[:count]}
+    for i in lookalikes:
+        objects[i] = dataclasses.replace(objects[i], shape=Tube(objects[i].shape, band, rng.uniform(30, 60)))
+    return objects, lookalikes
+
+
+def _tight_box(mask: np.ndarray) -> list[float]:
+    """1-based pixel box (x1, y1, x2, y2) around a 2D mask (rows, cols)."""
+    rr, cc = np.nonzero(mask)
+    return [cc.min() + 1.0, rr.min() + 1.0, cc.max() + 1.0, rr.max() + 1.0]
+
+
+def _series_rows(
+    rng, root: Path, patient: int, study: int, split: int, image_size, seed: int, context: bool = False
+) -> tuple[list[dict], dict[str, list[list[float]]]]:
+    """Render one phantom series, write its PNG slices, return its DL_info rows (values per column) and the boxes of
+    the look-alikes on its key slices (``{File_name: [box, ...]}``, context series only)."""
     patient_rng = np.random.default_rng([seed, 1_000_000 + patient])
     anatomy = ct.sample_anatomy(patient_rng)  # the same body in every study of a patient
     gender, age = ("M", "F")[int(patient_rng.integers(2))], int(patient_rng.integers(25, 86))
@@ -81,19 +166,16 @@ def _series_rows(rng, root: Path, patient: int, study: int, split: int, image_si
     if rng.random() < 0.3:
         keys = [first + num_slices // 3, first + 2 * num_slices // 3]
     half = max(2, round(rng.uniform(25, 35) / interval))
-    placed: list[ct.Lesion] = []
-    for key in keys:
-        for _ in range(int(rng.integers(1, 4))):
-            diameter = rng.uniform(*[(6, 15), (15, 30), (30, 60)][rng.choice(3, p=[0.45, 0.35, 0.2])])
-            sites = rng.choice(
-                list(_SITE_WEIGHTS), size=len(_SITE_WEIGHTS), replace=False, p=list(_SITE_WEIGHTS.values())
-            )
-            for site in sites:
-                request = ct.LesionRequest(str(site), min(diameter, 25) if site == "bone" else diameter, z_of(key))
-                lesion = ct.place_lesion(rng, anatomy, request, placed)
+    if context:
+        keys = keys[:1]
+        placed, lookalikes = context_objects(rng, anatomy, z_of(keys[0]), interval)
+    else:
+        placed, lookalikes = [], set()
+        for key in keys:
+            for _ in range(int(rng.integers(1, 4))):
+                lesion = _draw_lesion(rng, anatomy, z_of(key), placed)
                 if lesion is not None:
                     placed.append(lesion)
-                    break
     case = ct.make_abdomen(rng, (width, height, num_slices), (pixel, pixel, interval), z_center, placed, anatomy)
     series = f"{patient:06d}_{study:02d}_{1:02d}"
     pngs = (ct.to_hu_int16(case.hu).astype(np.int32) + HU_OFFSET).astype(np.uint16)
@@ -102,17 +184,21 @@ def _series_rows(rng, root: Path, patient: int, study: int, split: int, image_si
         with atomic_path(root / IMAGES / series / f"{number:03d}.png") as tmp:
             Image.fromarray(pngs[::-1, ::-1, k].T.copy()).save(tmp, format="PNG")  # rows -> P, cols -> L
     window = _WINDOWS[int(rng.integers(len(_WINDOWS)))]
-    rows = []
+    rows, lookalike_boxes = [], {}
     for key in keys:
         k = num_slices - 1 - (key - first)
         on_key = [i for i, lesion in enumerate(case.lesion_list) if abs(lesion.shape.center[2] - z_of(key)) < 1e-6]
-        for order, i in enumerate(on_key):
-            mask = case.lesions[::-1, ::-1, k].T == i + 1
+        masks = {i: case.lesions[::-1, ::-1, k].T == i + 1 for i in on_key}
+        boxes = [_tight_box(masks[i]) for i in on_key if i in lookalikes and masks[i].sum() >= 2]
+        if boxes:
+            lookalike_boxes[f"{series}_{key:03d}.png"] = boxes
+        for order, i in enumerate(i for i in on_key if i not in lookalikes):
+            mask = masks[i]
             if mask.sum() < 2:
                 continue
             coords, long, short = _recist(mask)
             rr, cc = np.nonzero(mask)
-            box = [cc.min() + 1.0, rr.min() + 1.0, cc.max() + 1.0, rr.max() + 1.0]
+            box = _tight_box(mask)
             noisy = int(order > 0 and rng.random() < 0.35)
             if noisy:  # a wrong annotation: the marks are shifted off the lesion, staying inside the image
                 shift = rng.uniform(-8, 8, 2)
@@ -148,7 +234,7 @@ def _series_rows(rng, root: Path, patient: int, study: int, split: int, image_si
                     "Train_Val_Test": split,
                 }
             )
-    return rows
+    return rows, lookalike_boxes
 
 
 def _csv_text(value) -> str:
@@ -157,7 +243,9 @@ def _csv_text(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def make_phantoms(out_dir, num_cases: int = DEMO_NUM_CASES, seed: int = 0, image_size=DEMO_IMAGE_SIZE) -> Path:
+def make_phantoms(
+    out_dir, num_cases: int = DEMO_NUM_CASES, seed: int = 0, image_size=DEMO_IMAGE_SIZE, context: bool = False
+) -> Path:
     """Write ``num_cases`` phantom series (Images_png) and their DL_info.csv in the DeepLesion layout; return root.
 
     Each series has 20-40 axial slices of ``image_size`` pixels (int or (w, h); the body is ~300 mm wide), a slice
@@ -166,6 +254,13 @@ def make_phantoms(out_dir, num_cases: int = DEMO_NUM_CASES, seed: int = 0, image
     (about 2 series per 3; the rest are second studies) are split ~70/15/15, every split populated. PNG rows run
     anterior -> posterior, columns patient right -> left (radiological view), slice numbers head -> feet. Boxes are
     the tight 1-based pixel boxes of each lesion on its key slice. The same seed gives byte-identical files.
+
+    ``context``: series where the neighbouring slices decide. Each has one key slice with 2-5 objects drawn as
+    lesions, of which 1 to all but one are look-alikes (:func:`context_objects`): on the slices the key 3-slice
+    image reads (:func:`key_band_mm`) a look-alike is its lesion (same draws of site, size, HU, texture, noise), but
+    it runs on through the slices as a tube, while lesions end a few slices from the key slice. Only lesions are in
+    DL_info.csv (noisy ones as above); the look-alikes' key-slice boxes are in ``context_lookalikes.json``
+    (``{File_name: [[x1, y1, x2, y2], ...]}``, 1-based like DL_info.csv).
     """
     if num_cases < 3:
         raise ValueError(f"num_cases must be >= 3 to populate the train, val and test splits, got {num_cases}")
@@ -173,14 +268,20 @@ def make_phantoms(out_dir, num_cases: int = DEMO_NUM_CASES, seed: int = 0, image
     root = Path(out_dir)
     series = _patients(num_cases)
     num_patients = max(p for p, _ in series)
-    rows = []
+    rows, lookalikes = [], {}
     for index, (patient, study) in enumerate(tqdm(series, desc="deeplesion phantoms", unit="series", disable=None)):
         split = _split_of(patient, num_patients)
-        rows += _series_rows(np.random.default_rng([seed, index]), root, patient, study, split, size, seed)
+        rng = np.random.default_rng([seed, index])
+        series_rows, boxes = _series_rows(rng, root, patient, study, split, size, seed, context)
+        rows += series_rows
+        lookalikes.update(boxes)
     with atomic_path(root / CSV_NAME) as tmp:
         with open(tmp, "w", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(COLUMNS)
             for row in sorted(rows, key=lambda r: r["File_name"]):
                 writer.writerow([_csv_text(row[c]) for c in COLUMNS])
+    if context:
+        with atomic_path(root / LOOKALIKES_NAME) as tmp:
+            tmp.write_text(json.dumps(dict(sorted(lookalikes.items()))))
     return root
