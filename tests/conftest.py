@@ -1,5 +1,6 @@
 """Fixtures every test module may use: paths to the repository and to the files vendored in tests/data."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,13 @@ def tiny_trained(tmp_path_factory):
         return trained[case.name]
 
     return get
+
+
+def pytest_collection_modifyitems(config, items):
+    """Leave the `load` tests (minutes of server load) out of every run whose -m expression does not name `load`."""
+    if re.search(r"\bload\b", config.getoption("markexpr") or ""):
+        return
+    dropped = [item for item in items if item.get_closest_marker("load")]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [item for item in items if not item.get_closest_marker("load")]

@@ -173,6 +173,28 @@ class MonaiLabelServer:
         except urllib.error.HTTPError as err:
             raise RuntimeError(f"{method} {url}: HTTP {err.code} {err.read()[:2000]!r}\n{self.log()[-4000:]}") from err
 
+    def answer(self, method: str, path: str, query: dict | None = None, timeout: float = 300) -> tuple[int, bytes]:
+        """Send a request without a body; return the HTTP status and the response body, error answers included."""
+        url = self.url + path + ("?" + urllib.parse.urlencode(query) if query else "")
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def rss_mib(self) -> float:
+        """Resident memory of the server's process group (the server and every process it started), in MiB."""
+        pgid = os.getpgid(self._process.pid)
+        pages = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                # fields after the command name (which may hold spaces): state ppid pgrp ...
+                if int(stat.read_text().rsplit(")", 1)[1].split()[2]) == pgid:
+                    pages += int((stat.parent / "statm").read_text().split()[1])
+            except (OSError, IndexError, ValueError):  # the process ended while being read
+                continue
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
     def get(self, path: str, query: dict | None = None) -> Any:
         return json.loads(self.request("GET", path, query, timeout=30)[0])
 
