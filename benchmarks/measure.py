@@ -68,7 +68,7 @@ def peak_mib(device: torch.device | str, rss_before: float = 0.0) -> float:
 
 
 def run_child(cmd: Sequence[str], env: dict | None = None) -> dict:
-    """Run CMD (a measurement in a fresh process, so its peak memory is its own); return its last stdout line as JSON."""
+    """Run CMD (a measurement in a fresh process: its peak memory is its own); return its last stdout line as JSON."""
     merged = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     result = subprocess.run(list(cmd), cwd=REPO, env=merged, capture_output=True, text=True)
     if result.returncode != 0:
@@ -86,3 +86,18 @@ def write_rows(path: str | Path | None, rows: list[dict]) -> None:
     """Write ROWS as JSON to PATH (``--rows``) when given."""
     if path:
         Path(path).write_text(json.dumps(rows, indent=1))
+
+
+def ratios(numerators: Sequence[float], denominators: Sequence[float]) -> list[float]:
+    """Every a / b of repeated measurements A and B taken apart (in other processes): a ratio's median and spread."""
+    return [a / b for a in numerators for b in denominators]
+
+
+def table(rows: Sequence[dict]) -> str:
+    """ROWS as a markdown table: what | measured ratio (median, min-max) | goal | limit | note."""
+    lines = ["| what | measured ratio (median, min-max) | goal | limit | note |", "|---|---|---|---|---|"]
+    for r in rows:
+        low, high = r["spread"]
+        ratio = f"{r['ratio']:.3g} ({low:.3g}-{high:.3g})"
+        lines.append(f"| {r['what']} | {ratio} | {r['goal']} | {r['limit']} | {r['note']} |")
+    return "\n".join(lines)
