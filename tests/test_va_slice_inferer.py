@@ -5,7 +5,7 @@ import torch
 from monai.data import MetaTensor
 
 from shared.engines.inferers.volume_mask import VolumeMaskInferer
-from shared.networks.va_rcnn import build_va_mask_rcnn
+from shared.networks.va_rcnn import build_va_mask_rcnn, paste_labels
 from shared.transforms.slice_bags import image_slice_indices
 
 SIZE, DEPTH = 32, 8
@@ -60,6 +60,25 @@ def test_cache_computes_each_image_once(model, volume):
     uncached = VolumeMaskInferer(cache_features=False)
     uncached(volume, model)
     assert uncached.images_computed == 3 * DEPTH
+
+
+def test_mask_head_runs_only_on_pasted_detections_with_the_same_labels(model, volume):
+    plain = volume[0, 0].permute(2, 0, 1).contiguous()
+    with torch.no_grad():
+        everything = VolumeMaskInferer()._volume_cached(plain, model)  # the heads' own threshold (0): every detection
+    scores = torch.cat([d["scores"] for d in everything])
+    threshold = scores.median().item()  # half the detections are pasted; one scores exactly at the threshold
+    reference = torch.stack([paste_labels(d, (SIZE, SIZE), threshold) for d in everything], dim=-1)
+    mask_rois = []
+    hook = model.roi_heads.mask_head.register_forward_hook(lambda m, i, o: mask_rois.append(o.shape[0]))
+    try:
+        out = VolumeMaskInferer(score_threshold=threshold)(volume, model)
+    finally:
+        hook.remove()
+    assert 0 < sum(mask_rois) == int((scores >= threshold).sum()) < len(scores)
+    assert torch.equal(out[0, 0].as_subclass(torch.Tensor), reference)
+    assert (reference == 1).any()  # the comparison is not vacuous
+    assert model.roi_heads.score_thresh == 0.0  # restored after the call
 
 
 def test_slice_labels_keep_lesions_inside_the_liver():

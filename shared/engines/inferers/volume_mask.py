@@ -10,7 +10,15 @@ belongs to the bags of N target slices (those 0, 3, 6, ... slices away), so its 
 once and reused. Targets are visited in three interleaved passes (slices 0, 3, 6, ..., then 1, 4, 7, ..., then 2, 5,
 8, ...): consecutive targets of a pass share N - 1 images, so the cache only ever holds the N images of one bag,
 sliding along z. Without the cache every bag runs the backbone on its N images, N times the backbone work.
+
+The RoI heads, not the backbone, dominate a cached volume (the mask head on up to 100 detections per slice, the box
+head on every proposal): during a call the heads' box score threshold is raised to the inferer's
+(:func:`heads_score_threshold`), so the mask head runs only on the detections that are pasted.
 """
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from monai.inferers import Inferer
@@ -20,6 +28,26 @@ from shared.data.lits import LESION, LIVER
 from shared.engines.inferers.feature_cache import ImageFeatureCache
 from shared.networks.va_rcnn import paste_labels
 from shared.transforms.slice_bags import bag_slice_indices, image_slice_indices
+
+
+@contextmanager
+def heads_score_threshold(roi_heads: nn.Module, score_threshold: float) -> Iterator[None]:
+    """Within the block, torchvision's ``roi_heads`` drop the detections scoring below ``score_threshold`` (if their
+    own threshold is lower) before the mask head; restored on exit.
+
+    torchvision keeps scores strictly above ``roi_heads.score_thresh`` and :func:`paste_labels` those at least
+    ``score_threshold``, so the float32 just below it is set. The detections kept are those :func:`paste_labels`
+    pastes: a box is suppressed by NMS only by a higher-scoring one and the top ``detections_per_img`` above the
+    threshold stay the top ones (up to float rounding in torchvision's batched NMS and in the mask head's kernels,
+    which may differ with the number of RoIs).
+    """
+    previous = roi_heads.score_thresh
+    below = torch.nextafter(torch.tensor(score_threshold, dtype=torch.float32), torch.tensor(-math.inf)).item()
+    roi_heads.score_thresh = max(previous, below)
+    try:
+        yield
+    finally:
+        roi_heads.score_thresh = previous
 
 
 class VolumeMaskInferer(Inferer):
@@ -101,10 +129,11 @@ class VolumeMaskInferer(Inferer):
         network.eval()
         self.images_computed = 0
         out = torch.zeros_like(inputs)
-        for b in range(inputs.shape[0]):
-            volume = inputs[b, 0].permute(2, 0, 1).contiguous().as_subclass(torch.Tensor)  # (D, H, W)
-            run = self._volume_cached if self.cache_features else self._volume_uncached
-            detections = run(volume, network)
-            shape = tuple(volume.shape[1:])
-            out[b, 0] = torch.stack([self.slice_labels(d, shape) for d in detections], dim=-1)
+        run = self._volume_cached if self.cache_features else self._volume_uncached
+        with heads_score_threshold(network.roi_heads, self.score_threshold):
+            for b in range(inputs.shape[0]):
+                volume = inputs[b, 0].permute(2, 0, 1).contiguous().as_subclass(torch.Tensor)  # (D, H, W)
+                detections = run(volume, network)
+                shape = tuple(volume.shape[1:])
+                out[b, 0] = torch.stack([self.slice_labels(d, shape) for d in detections], dim=-1)
         return out
