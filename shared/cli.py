@@ -19,7 +19,8 @@ def phantoms(dataset: str, out_dir: str, num_cases: int | None = None, seed: int
     The phantoms look like CT in HU (body, organs, lesions of several sizes, look-alike distractors, noise);
     the same seed gives the same files. NUM_CASES defaults to the dataset module's demo size. SIZE options go to
     the dataset's ``make_phantoms`` (kits19/lits: --shape "[16,32,32]"; deeplesion: --image_size 64, and
-    --context true for look-alikes that only the slices around the key slice tell from lesions).
+    --context true for look-alikes that only the slices around the key slice tell from lesions, --key_slices 3 for
+    three annotated key slices per series).
     """
     from shared.data import dataset_module
     from shared.engines.flags import as_bool

@@ -59,7 +59,8 @@ def test_phantom_series_slices_and_annotations(phantom_root):
     by_key = defaultdict(list)
     for row in rows:
         by_key[row["File_name"]].append(row)
-    assert all(1 <= len(group) <= 3 for group in by_key.values())
+    # 1-3 lesions drawn per key slice, plus those drawn for the series' other key slice that reach this one
+    assert all(1 <= len(group) <= 6 for group in by_key.values())
     assert {r["Train_Val_Test"] for r in rows} == {1, 2, 3}
     assert any(r["Possibly_noisy"] for r in rows) and not all(r["Possibly_noisy"] for r in rows)
     assert {r["Coarse_lesion_type"] for r in rows if r["Train_Val_Test"] == 1} == {-1}  # untyped, as the real train
@@ -83,6 +84,20 @@ def test_phantom_series_slices_and_annotations(phantom_root):
             hu = np.asarray(Image.open(folder / f"{row['Key_slice_index']:03d}.png")).astype(float) - 32768
             inside = hu[int(y1) - 1 : int(y2), int(x1) - 1 : int(x2)]
             assert inside.mean() > -500  # the box lies on the body, not in air
+
+
+def test_phantoms_key_slices_option(tmp_path):
+    root = deeplesion_phantoms.make_phantoms(tmp_path, num_cases=4, image_size=SIZE, key_slices=3)
+    keys = defaultdict(set)
+    for row in deeplesion.read_annotations(root):
+        keys[deeplesion.series_name(row)].add(row["Key_slice_index"])
+    assert len(keys) == 4
+    for series, numbers in keys.items():
+        slices = sorted(int(p.stem) for p in (root / "Images_png" / series).iterdir())
+        n = len(slices)
+        evenly = {slices[0] + round((j + 1) * (n - 1) / 4) for j in range(3)}
+        assert numbers <= evenly  # a key slice whose lesions found no room has no rows
+    assert sum(len(numbers) for numbers in keys.values()) >= 10
 
 
 def test_phantom_png_encoding(phantom_root):

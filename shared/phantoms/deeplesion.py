@@ -149,7 +149,15 @@ def _tight_box(mask: np.ndarray) -> list[float]:
 
 
 def _series_rows(
-    rng, root: Path, patient: int, study: int, split: int, image_size, seed: int, context: bool = False
+    rng,
+    root: Path,
+    patient: int,
+    study: int,
+    split: int,
+    image_size,
+    seed: int,
+    context: bool = False,
+    key_slices: int | None = None,
 ) -> tuple[list[dict], dict[str, list[list[float]]]]:
     """Render one phantom series, write its PNG slices, return its DL_info rows (values per column) and the boxes of
     the look-alikes on its key slices (``{File_name: [box, ...]}``, context series only)."""
@@ -165,6 +173,8 @@ def _series_rows(
     keys = [first + num_slices // 2 + int(rng.integers(-2, 3))]
     if rng.random() < 0.3:
         keys = [first + num_slices // 3, first + 2 * num_slices // 3]
+    if key_slices:
+        keys = [first + round((j + 1) * (num_slices - 1) / (key_slices + 1)) for j in range(key_slices)]
     half = max(2, round(rng.uniform(25, 35) / interval))
     if context:
         keys = keys[:1]
@@ -187,7 +197,7 @@ def _series_rows(
     rows, lookalike_boxes = [], {}
     for key in keys:
         k = num_slices - 1 - (key - first)
-        on_key = [i for i, lesion in enumerate(case.lesion_list) if abs(lesion.shape.center[2] - z_of(key)) < 1e-6]
+        on_key = [i for i in range(len(case.lesion_list)) if (case.lesions[..., k] == i + 1).any()]  # visible
         masks = {i: case.lesions[::-1, ::-1, k].T == i + 1 for i in on_key}
         boxes = [_tight_box(masks[i]) for i in on_key if i in lookalikes and masks[i].sum() >= 2]
         if boxes:
@@ -197,6 +207,8 @@ def _series_rows(
             if mask.sum() < 2:
                 continue
             coords, long, short = _recist(mask)
+            if short == 0:  # the edge of a lesion drawn for another key slice, one pixel thick here
+                continue
             rr, cc = np.nonzero(mask)
             box = _tight_box(mask)
             noisy = int(order > 0 and rng.random() < 0.35)
@@ -244,7 +256,12 @@ def _csv_text(value) -> str:
 
 
 def make_phantoms(
-    out_dir, num_cases: int = DEMO_NUM_CASES, seed: int = 0, image_size=DEMO_IMAGE_SIZE, context: bool = False
+    out_dir,
+    num_cases: int = DEMO_NUM_CASES,
+    seed: int = 0,
+    image_size=DEMO_IMAGE_SIZE,
+    context: bool = False,
+    key_slices: int | None = None,
 ) -> Path:
     """Write ``num_cases`` phantom series (Images_png) and their DL_info.csv in the DeepLesion layout; return root.
 
@@ -253,7 +270,9 @@ def make_phantoms(
     tissue, of 6-60 mm), some extra lesions per key slice flagged ``Possibly_noisy`` with shifted marks. Patients
     (about 2 series per 3; the rest are second studies) are split ~70/15/15, every split populated. PNG rows run
     anterior -> posterior, columns patient right -> left (radiological view), slice numbers head -> feet. Boxes are
-    the tight 1-based pixel boxes of each lesion on its key slice. The same seed gives byte-identical files.
+    the tight 1-based pixel boxes of each lesion visible on a key slice. The same seed gives byte-identical files.
+    ``key_slices``: that many key slices per series instead, evenly spread (lesions drawn on each), so a demo gets
+    more annotated slices per rendered series (DeepLesion has about 3 key slices per study).
 
     ``context``: series where the neighbouring slices decide. Each has one key slice with 2-5 objects drawn as
     lesions, of which 1 to all but one are look-alikes (:func:`context_objects`): on the slices the key 3-slice
@@ -272,7 +291,7 @@ def make_phantoms(
     for index, (patient, study) in enumerate(tqdm(series, desc="deeplesion phantoms", unit="series", disable=None)):
         split = _split_of(patient, num_patients)
         rng = np.random.default_rng([seed, index])
-        series_rows, boxes = _series_rows(rng, root, patient, study, split, size, seed, context)
+        series_rows, boxes = _series_rows(rng, root, patient, study, split, size, seed, context, key_slices)
         rows += series_rows
         lookalikes.update(boxes)
     with atomic_path(root / CSV_NAME) as tmp:
