@@ -39,7 +39,7 @@ def test_backbone_outputs_key_features_and_m_times_490_ps_maps(m):
     torch.manual_seed(0)
     backbone = ThreeDCEBackbone(num_images=m, backbone="tiny")
     x = torch.rand(2, 3 * m, 64, 48)
-    out, maps = backbone(x, return_maps=True)
+    out, maps = backbone.attend_with_maps(backbone.bag_features(x))
     assert out["key"].shape == (2, 32, 8, 6)
     assert out["ps"].shape == (2, m * 490, 8, 6)
     assert maps["contextual"].shape == (2, m, 32, 8, 6) and maps["spatial"].shape == (2, m, 32, 8, 6)

@@ -5,12 +5,13 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, run, verify_metadata
+from monai.bundle import ConfigParser, ckpt_export, create_workflow, run, verify_metadata, verify_net_in_out
 
 from shared.data.deeplesion import make_datalist
 from shared.phantoms.deeplesion import make_phantoms
@@ -88,6 +89,98 @@ def test_metadata_labels_the_served_box_volume(configs):
     outputs = meta["network_data_format"]["outputs"]
     assert next(iter(outputs)) == "pred" and next(iter(meta["network_data_format"]["inputs"])) == "image"
     assert outputs["pred"]["channel_def"] == {"0": "background", "1": "lesion"}
+
+
+def test_metadata_describes_m_three_slice_images_in_and_padded_detections_out(configs):
+    meta = json.loads((configs / "metadata.json").read_text())
+    image, pred = meta["network_data_format"]["inputs"]["image"], meta["network_data_format"]["outputs"]["pred"]
+    num_images = ConfigParser.load_config_file(str(configs / "inference.json"))["num_images"]
+    assert image["num_channels"] == 3 * num_images == 15 and image["value_range"] == [0, 1]
+    assert image["channel_def"]["7"] == "image 3 of 5, channel 1: key slice"
+    assert image["channel_def"]["0"] == "image 1 of 5, channel 0: key slice -14 mm"
+    assert (pred["type"], pred["num_channels"], pred["spatial_shape"]) == ("object", 1, [100, 6])
+    assert meta["network_data_format"]["post_processed_outputs"]["pred"]["format"] == "segmentation"
+
+
+# the network at test sizes: tiny backbone, M = 3 (9 channels)
+TINY_NET = {"backbone": "tiny", "num_images": 3, "_meta_#network_data_format#inputs#image#num_channels": 9}
+
+
+def test_verify_net_in_out_passes(configs):
+    """`python -m monai.bundle verify_net_in_out network_def` (the full-size command passes too, 50 s on 2 cores)."""
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(configs / "metadata.json"),
+        config_file=str(configs / "inference.json"),
+        device="cpu",
+        n=8,
+        **TINY_NET,
+    )
+
+
+def _tiny_network(configs):
+    parser = ConfigParser()
+    parser.read_config(str(configs / "inference.json"))
+    parser["backbone"], parser["num_images"] = "tiny", 3
+    torch.manual_seed(0)
+    return parser.get_parsed_content("network_def").eval()
+
+
+def test_batched_output_is_the_padded_detections(configs):
+    network = _tiny_network(configs)
+    images = torch.rand(2, 9, 64, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        padded, listed = network(images), network(list(images))
+    assert padded.shape == (2, 1, 100, 6) and padded.dtype == torch.float32
+    for rows, det in zip(padded[:, 0], listed):
+        k = len(det["boxes"])
+        assert k > 0  # an untrained detector still proposes (scores >= 0.001)
+        expected = torch.cat([det["boxes"], det["scores"][:, None], det["labels"][:, None].float()], dim=1)
+        torch.testing.assert_close(rows[:k], expected)
+        assert not rows[k:].any()
+
+
+def test_ckpt_export_gives_the_eager_detections(configs, tmp_path):
+    """`python -m monai.bundle ckpt_export network_def` scripts the network (TorchScript); the exported model finds
+    the same boxes, scores and labels as the eager network."""
+    eager = _tiny_network(configs)
+    torch.save(eager.state_dict(), tmp_path / "model.pt")
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(tmp_path / "model.ts"),
+        ckpt_file=str(tmp_path / "model.pt"),
+        meta_file=str(configs / "metadata.json"),
+        config_file=str(configs / "inference.json"),
+        **TINY_NET,
+    )
+    exported = torch.jit.load(tmp_path / "model.ts")
+    image = torch.rand(9, 64, 48, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        (expected,) = eager([image])
+        losses, (found,) = exported([image])
+    assert losses == {} and len(expected["boxes"]) > 0
+    for key in ("boxes", "scores", "labels"):
+        torch.testing.assert_close(found[key], expected[key])
+
+
+def test_inference_workflow_has_monai_inference_properties(configs, tmp_path, phantom_root):
+    """`check_properties` of the inference workflow finds every property (MONAI's InferProperties) without data;
+    its dataset lists the inputs when first used."""
+    workflow = create_workflow(
+        config_file=str(configs / "inference.json"),
+        meta_file=str(configs / "metadata.json"),
+        workflow_type="inference",
+        dataset_dir=str(tmp_path / "not_yet_there"),
+        backbone="tiny",
+    )
+    assert workflow.check_properties() == []
+    workflow.initialize()
+    with pytest.raises(Exception, match="not_yet_there does not exist"):
+        len(workflow.dataset)
+    workflow.dataset_dir = str(phantom_root)
+    workflow.initialize()
+    test_keys = {(e["series"], e["key_slice"]) for e in make_datalist(phantom_root)["test"]}
+    assert {(Path(e["image"]).name, e["key_slice"]) for e in workflow.dataset} == test_keys
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -177,6 +270,7 @@ def _run_all(configs, overlays, phantom_root, tmp_path, **network):
     for rate in ("0.5", "1", "2", "4", "8", "16"):
         value = summary[f"sens@{rate}"]
         assert value is None or 0.0 <= value <= 1.0
+    assert summary["ap50"] is None or 0.0 <= summary["ap50"] <= 1.0 or math.isnan(summary["ap50"])
     for name in ("froc.png", "table2.csv", "sensitivity.csv", "detections.json"):
         assert (eval_dir / name).is_file()
     assert list(eval_dir.glob("detections_*.png"))

@@ -23,7 +23,6 @@ the detection flow of :class:`shared.networks.bag_detector.BagDetector`.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -36,9 +35,10 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import ps_roi_align
+from torchvision.ops._utils import convert_boxes_to_roi_format
 
 from shared.errors import InputError
-from shared.networks.bag_detector import BagDetector, Features
+from shared.networks.bag_detector import BagDetector
 from shared.networks.blocks.contextual_spatial_attention import ContextualSpatialAttention
 from shared.networks.pretrained import LoadReport, load_pretrained
 
@@ -82,13 +82,11 @@ def build_slice_backbone(name: str = "vgg16", weights: str | None = None) -> tup
 class ThreeDCEBackbone(nn.Module):
     """Shared 2D backbone over M slice images + CS-Att + position-sensitive maps (3DCE / CS-Att Fig. 1).
 
-    Input ``(B, 3M, H, W)``; output ``OrderedDict(key=(B, D, H/8, W/8), ps=(B, M*K*K*C, H/8, W/8))`` with ``K``
+    Input ``(B, 3M, H, W)``; output ``{"key": (B, D, H/8, W/8), "ps": (B, M*K*K*C, H/8, W/8)}`` with ``K``
     ``ps_size`` and ``C`` ``ps_channels``. :attr:`image_offsets`, :meth:`image_features` and :meth:`attend` split the
     forward pass (:class:`~shared.networks.bag_detector.BagBackbone`) so the whole-volume inferer computes each slice
     image's features once and reuses them for neighbouring key slices.
     """
-
-    rpn_feature_names = ("key",)
 
     def __init__(
         self,
@@ -107,6 +105,7 @@ class ThreeDCEBackbone(nn.Module):
         if num_images < 1 or num_images % 2 == 0:
             raise ValueError(f"num_images (M) must be odd so the key image is in the middle, got {num_images}")
         self.num_images = num_images
+        self.rpn_feature_names = ("key",)
         self.register_buffer("mean", torch.tensor(image_mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(image_std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.body, self.out_channels = build_slice_backbone(backbone, backbone_weights)
@@ -122,31 +121,39 @@ class ThreeDCEBackbone(nn.Module):
         """Centres of the M slice images in (2 mm) slices from the key slice: ``3 (i - M // 2)``."""
         return [3 * (i - self.num_images // 2) for i in range(self.num_images)]
 
-    def image_features(self, images: torch.Tensor) -> Features:
+    def image_features(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Backbone features of 3-channel slice images in [0, 1], normalised with ``image_mean``/``image_std``:
         ``(N, 3, H, W) -> {"body": (N, D, H/8, W/8)}``."""
-        return OrderedDict(body=self.body((images - self.mean) / self.std))
+        return {"body": self.body((images - self.mean) / self.std)}
 
     def split_images(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3M, H, W) -> (B*M, 3, H, W)``, images in slice order."""
-        b, c, h, w = x.shape
-        if c != 3 * self.num_images:
-            raise ValueError(f"expected {3 * self.num_images} channels (M={self.num_images} images of 3), got {c}")
-        return x.reshape(b * self.num_images, 3, h, w)
+        if x.shape[1] != 3 * self.num_images:
+            raise ValueError(
+                f"expected {3 * self.num_images} channels (M={self.num_images} images of 3), got {x.shape[1]}"
+            )
+        return x.reshape([x.shape[0] * self.num_images, 3] + list(x.shape[2:]))
 
-    def attend(self, bag: Features, return_maps: bool = False):
-        """Attention and position-sensitive maps from per-image features ``{"body": (B, M, D, h, w)}``; with
-        ``return_maps`` also the CS-Att maps."""
-        attended, maps = self.attention(bag["body"], return_maps=True)
-        b, m = attended.shape[:2]
+    def attend_with_maps(self, bag: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Attention and position-sensitive maps from per-image features ``{"body": (B, M, D, h, w)}``, and the
+        CS-Att maps."""
+        attended, maps = self.attention.attend(bag["body"])
+        b, m = attended.shape[0], attended.shape[1]
         ps = self.ps_conv(attended.flatten(0, 1))
-        out = OrderedDict(key=attended[:, m // 2], ps=ps.reshape(b, m * ps.shape[1], *ps.shape[2:]))
-        return (out, maps) if return_maps else out
+        ps = ps.reshape([b, m * ps.shape[1]] + list(ps.shape[2:]))
+        return {"key": attended[:, m // 2], "ps": ps}, maps
 
-    def forward(self, x: torch.Tensor, return_maps: bool = False):
+    def attend(self, bag: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Attention and position-sensitive maps from per-image features ``{"body": (B, M, D, h, w)}``."""
+        return self.attend_with_maps(bag)[0]
+
+    def bag_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-image features of bags ``(B, 3M, H, W)``: ``{"body": (B, M, D, h, w)}``."""
         feats = self.image_features(self.split_images(x))["body"]
-        bag = OrderedDict(body=feats.reshape(x.shape[0], self.num_images, *feats.shape[1:]))
-        return self.attend(bag, return_maps=return_maps)
+        return {"body": feats.reshape([x.shape[0], self.num_images] + list(feats.shape[1:]))}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.attend(self.bag_features(x))
 
 
 class PSRoIAlignPool(nn.Module):
@@ -162,9 +169,12 @@ class PSRoIAlignPool(nn.Module):
         self.spatial_scale = 1.0 / stride
         self.sampling_ratio = sampling_ratio
 
-    def forward(self, features, proposals, image_shapes):
+    def forward(
+        self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
+    ) -> torch.Tensor:
+        rois = convert_boxes_to_roi_format(proposals)
         return ps_roi_align(
-            features[self.featmap_name], proposals, self.output_size, self.spatial_scale, self.sampling_ratio
+            features[self.featmap_name], rois, self.output_size, self.spatial_scale, self.sampling_ratio
         )
 
 
@@ -183,7 +193,9 @@ class PaddingOnlyTransform(GeneralizedRCNNTransform):
             raise TypeError(f"expected a floating point image (windowed to [0, 1]), got {image.dtype}")
         return image
 
-    def resize(self, image, target=None):
+    def resize(
+        self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
         return image, target
 
 
@@ -192,7 +204,8 @@ class ThreeDCE(BagDetector, GeneralizedRCNN):
 
     ``model(images, targets)`` in train mode returns the loss dict (``loss_objectness``, ``loss_rpn_box_reg``,
     ``loss_classifier``, ``loss_box_reg``); in eval mode ``model(images)`` returns per image ``{"boxes", "scores",
-    "labels"}``. ``images`` is a list of ``(3M, H, W)`` float tensors; boxes ``(x1, y1, x2, y2)`` in pixels.
+    "labels"}``. ``images`` is a list of ``(3M, H, W)`` float tensors; boxes ``(x1, y1, x2, y2)`` in pixels. A
+    batched tensor ``(B, 3M, H, W)`` in eval mode gives the padded detections of :meth:`batch_outputs`.
 
     Args:
         num_images: M three-slice images (3, 5, 7 => 9, 15, 21 slices, CS-Att Table 1; 5 in its ablations).
@@ -287,11 +300,24 @@ class ThreeDCE(BagDetector, GeneralizedRCNN):
         self.num_images = num_images
         self.backbone_name = backbone
 
+    @torch.jit.unused
+    def batch_outputs(self, images: torch.Tensor) -> torch.Tensor:
+        """Detections of a batched tensor ``(B, 3M, H, W)`` in eval mode as one padded float tensor ``(B, 1, K, 6)``,
+        ``K`` = ``box_detections_per_img``: per image its detections by decreasing score as rows ``(x1, y1, x2, y2,
+        score, label)``, the rest of the rows zero (label 0, background). The network output ``metadata.json``'s
+        ``network_data_format`` describes (``verify_net_in_out``); a list of images gives torchvision's dicts."""
+        detections = self.forward(list(images))
+        out = images.new_zeros((len(detections), 1, self.roi_heads.detections_per_img, 6), dtype=torch.float32)
+        for row, det in zip(out, detections):
+            found = torch.cat([det["boxes"], det["scores"][:, None], det["labels"][:, None].to(det["boxes"])], dim=1)
+            row[0, : len(found)] = found.float()
+        return out
+
     @torch.no_grad()
     def attention_maps(self, images: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """CS-Att maps ``C''`` and ``S''`` (``(B, M, D, h, w)`` each, where switched on) for visualisation."""
         image_list, _ = self.transform(images)
-        _, maps = self.backbone(image_list.tensors, return_maps=True)
+        _, maps = self.backbone.attend_with_maps(self.backbone.bag_features(image_list.tensors))
         return maps
 
 

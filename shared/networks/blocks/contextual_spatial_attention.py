@@ -11,13 +11,14 @@ from monai.networks.layers import Conv
 from torch import nn
 
 
-def max_normalized_softmax(scores: torch.Tensor, dim: int | tuple[int, ...], temperature: float):
+def max_normalized_softmax(scores: torch.Tensor, dim: int | list[int], temperature: float):
     """Softmax of ``scores / temperature`` over ``dim`` and the same divided by its maximum over ``dim``.
 
     Returns ``(softmax, normalized)``: CS-Att eq. 2/6 (with the temperature of sec. 3) and eq. 3/7. The softmax is
     positive, so the ``max |.|`` of eq. 3/7 is its plain maximum; the largest element of ``normalized`` is exactly 1.
+    ``dim``: one dimension or several (a list; a tuple also works outside TorchScript).
     """
-    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    dims = [dim] if isinstance(dim, int) else list(dim)
     scaled = scores / temperature
     if len(dims) == 1:
         soft = torch.softmax(scaled, dim=dims[0])
@@ -59,7 +60,8 @@ class ContextualSpatialAttention(nn.Module):
 
     Input ``x``: ``(B, M, D, *spatial)``. Output: the attended features with the same shape, or with
     ``return_maps=True`` a tuple ``(features, maps)`` where ``maps`` holds ``"contextual"`` (C'', same shape as x)
-    and ``"spatial"`` (S'', same shape as x) for the parts that are switched on.
+    and ``"spatial"`` (S'', same shape as x) for the parts that are switched on. TorchScript compiles
+    :meth:`attend` (always the tuple), which the 3DCE backbone calls.
     """
 
     def __init__(
@@ -94,23 +96,31 @@ class ContextualSpatialAttention(nn.Module):
     def spatial(self) -> bool:
         return self.phi_s is not None
 
-    def _scores(self, conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Apply a convolution shared by the M images: ``(B, M, D, *s) -> (B, M, D, *s)``."""
-        b, m = x.shape[:2]
-        out = conv(x.reshape(b * m, *x.shape[2:]))
-        return out.reshape(b, m, *out.shape[1:])
+    @staticmethod
+    def _per_image(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``(B*M, ...)`` scores of a convolution shared by the M images of ``x`` back to ``(B, M, ...)``."""
+        return out.reshape([x.shape[0], x.shape[1]] + list(out.shape[1:]))
 
-    def forward(self, x: torch.Tensor, return_maps: bool = False):
+    def attend(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The attended features and the maps C'' and S'' of the parts switched on (TorchScript-compilable)."""
         if x.dim() != self.spatial_dims + 3:
-            raise ValueError(f"expected (B, M, D, *spatial), {self.spatial_dims} spatial dims; got {tuple(x.shape)}")
+            raise ValueError(f"expected (B, M, D, *spatial), {self.spatial_dims} spatial dims; got {x.shape}")
         maps: dict[str, torch.Tensor] = {}
         if self.phi_c is not None:
-            _, contextual = max_normalized_softmax(self._scores(self.phi_c, x), 1, self.contextual_temperature)
+            _, contextual = max_normalized_softmax(
+                self._per_image(self.phi_c(x.flatten(0, 1)), x), 1, self.contextual_temperature
+            )
             x = contextual * x  # eq. 4
             maps["contextual"] = contextual
         if self.phi_s is not None:
-            positions = tuple(range(3, x.dim()))
-            _, spatial = max_normalized_softmax(self._scores(self.phi_s, x), positions, self.spatial_temperature)
+            positions = list(range(3, x.dim()))
+            scores = self._per_image(self.phi_s(x.flatten(0, 1)), x)
+            _, spatial = max_normalized_softmax(scores, positions, self.spatial_temperature)
             x = spatial * x  # eq. 8
             maps["spatial"] = spatial
-        return (x, maps) if return_maps else x
+        return x, maps
+
+    @torch.jit.unused
+    def forward(self, x: torch.Tensor, return_maps: bool = False):
+        out, maps = self.attend(x)
+        return (out, maps) if return_maps else out
