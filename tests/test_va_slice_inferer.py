@@ -29,12 +29,33 @@ def volume():
     return vol
 
 
+def _detections(run, volume: torch.Tensor, network) -> list[dict]:
+    """The per-slice detections of one pass of a VolumeMaskInferer (collected through its ``store`` callback)."""
+    found = [None] * volume.shape[0]
+    run(volume, network, found.__setitem__)
+    return found
+
+
+def test_each_slice_is_pasted_before_the_next_is_detected(model, volume, monkeypatch):
+    """Detections (with their full-size masks) are freed slice by slice: memory does not grow with the depth."""
+    events = []
+    inferer = VolumeMaskInferer(score_threshold=0.0)
+    paste = inferer.slice_labels
+    monkeypatch.setattr(inferer, "slice_labels", lambda *a: events.append("paste") or paste(*a))
+    hook = model.roi_heads.register_forward_hook(lambda *_: events.append("detect"))
+    try:
+        inferer(volume, model)
+    finally:
+        hook.remove()
+    assert events == ["detect", "paste"] * DEPTH
+
+
 def test_cached_and_uncached_inference_agree(model, volume):
     cached, uncached = VolumeMaskInferer(cache_features=True), VolumeMaskInferer(cache_features=False)
     plain = volume[0, 0].permute(2, 0, 1).contiguous()
     with torch.no_grad():
-        det_c = cached._volume_cached(plain, model)
-        det_u = uncached._volume_uncached(plain, model)
+        det_c = _detections(cached._volume_cached, plain, model)
+        det_u = _detections(uncached._volume_uncached, plain, model)
     assert len(det_c) == len(det_u) == DEPTH
     assert sum(len(d["scores"]) for d in det_u) > 0  # the comparison is not vacuous
     for a, b in zip(det_c, det_u):
@@ -65,7 +86,9 @@ def test_cache_computes_each_image_once(model, volume):
 def test_mask_head_runs_only_on_pasted_detections_with_the_same_labels(model, volume):
     plain = volume[0, 0].permute(2, 0, 1).contiguous()
     with torch.no_grad():
-        everything = VolumeMaskInferer()._volume_cached(plain, model)  # the heads' own threshold (0): every detection
+        everything = _detections(
+            VolumeMaskInferer()._volume_cached, plain, model
+        )  # the heads' own threshold (0): every detection
     scores = torch.cat([d["scores"] for d in everything])
     threshold = scores.median().item()  # half the detections are pasted; one scores exactly at the threshold
     reference = torch.stack([paste_labels(d, (SIZE, SIZE), threshold) for d in everything], dim=-1)
@@ -116,8 +139,8 @@ def test_rcnn_location_cached_and_uncached_agree():
     ).eval()
     plain = torch.rand(4, SIZE, SIZE, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        det_c = VolumeMaskInferer()._volume_cached(plain, net)
-        det_u = VolumeMaskInferer()._volume_uncached(plain, net)
+        det_c = _detections(VolumeMaskInferer()._volume_cached, plain, net)
+        det_u = _detections(VolumeMaskInferer()._volume_uncached, plain, net)
     for a, b in zip(det_c, det_u):
         assert len(a["scores"]) > 0
         torch.testing.assert_close(a["scores"], b["scores"], atol=1e-4, rtol=1e-4)

@@ -13,11 +13,12 @@ sliding along z. Without the cache every bag runs the backbone on its N images, 
 
 The RoI heads, not the backbone, dominate a cached volume (the mask head on up to 100 detections per slice, the box
 head on every proposal): during a call the heads' box score threshold is raised to the inferer's
-(:func:`heads_score_threshold`), so the mask head runs only on the detections that are pasted.
+(:func:`heads_score_threshold`), so the mask head runs only on the detections that are pasted. Each slice's
+detections are pasted into the label volume as soon as they are found, so memory does not grow with depth.
 """
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -86,21 +87,18 @@ class VolumeMaskInferer(Inferer):
             detections, shape, self.score_threshold, self.mask_threshold, self.liver_label, self.lesion_label
         )
 
-    def _volume_uncached(self, volume: torch.Tensor, network) -> list[dict]:
+    def _volume_uncached(self, volume: torch.Tensor, network, store: Callable[[int, dict], None]) -> None:
         depth = volume.shape[0]
         bag_size = network.backbone.bag_size
-        detections = []
         for target in range(depth):
             bag = volume[torch.as_tensor(bag_slice_indices(target, depth, bag_size), device=volume.device)]
-            detections.append(network([bag])[0])
+            store(target, network([bag])[0])
         self.images_computed += depth * len(network.backbone.image_offsets)
-        return detections
 
-    def _volume_cached(self, volume: torch.Tensor, network) -> list[dict]:
+    def _volume_cached(self, volume: torch.Tensor, network, store: Callable[[int, dict], None]) -> None:
         depth = volume.shape[0]
         offsets = network.backbone.image_offsets
         stride = min((b - a for a, b in zip(offsets, offsets[1:])), default=1)
-        detections: list[dict | None] = [None] * depth
 
         def image_keys(target: int) -> list[tuple[int, ...]]:
             return [tuple(image_slice_indices(target + o, depth).tolist()) for o in offsets]
@@ -115,10 +113,9 @@ class VolumeMaskInferer(Inferer):
                 bags = cache.bags([image_keys(target)])
                 features = network.backbone.attend(bags.features)
                 _, found = network.detect(bags.images, features, bags.original_image_sizes)
-                detections[target] = found[0]
+                store(target, found[0])
                 cache.retain(set(image_keys(target + stride)).__contains__)
             self.images_computed += cache.images_computed
-        return detections
 
     @torch.no_grad()
     def __call__(self, inputs: torch.Tensor, network: torch.nn.Module, *args, **kwargs) -> torch.Tensor:
@@ -133,7 +130,10 @@ class VolumeMaskInferer(Inferer):
         with heads_score_threshold(network.roi_heads, self.score_threshold):
             for b in range(inputs.shape[0]):
                 volume = inputs[b, 0].permute(2, 0, 1).contiguous().as_subclass(torch.Tensor)  # (D, H, W)
-                detections = run(volume, network)
-                shape = tuple(volume.shape[1:])
-                out[b, 0] = torch.stack([self.slice_labels(d, shape) for d in detections], dim=-1)
+                labels = out[b, 0]
+
+                def store(target: int, detections: dict, labels=labels, shape=tuple(volume.shape[1:])) -> None:
+                    labels[..., target] = self.slice_labels(detections, shape)  # masks freed slice by slice
+
+                run(volume, network, store)
         return out
