@@ -18,7 +18,8 @@ the resident set before the call (see :func:`reset_peak`). The network and the i
 output is (on CUDA MSAN stitches its windows on the CPU, so there only the windows' memory counts). Rows (``--rows``):
 time per slice and memory at the largest vs the smallest depth, with the power-law fit over all depths in the note.
 The 2.5D detectors' feature cache holds one bag of images, so their memory should grow with depth only by the
-volume-sized arrays they return; MSAN's sliding window keeps the whole volume's class probabilities. The limit of the
+volume-sized arrays (their row: memory added per slice, in float32 slices); MSAN's sliding window keeps the whole
+volume's class probabilities (its row: memory at the largest vs the smallest depth). The limit of the
 time row is the ratio of the work per slice (sliding windows or backbone images run; the detectors' heads run once a
 slice whatever the cache does).
 """
@@ -178,17 +179,28 @@ def scaling_rows(records: dict) -> list[dict]:
                     note=f"{fit}; median {per_slice[0]:.3g} s/slice at {low}",
                 )
             )
-            flat = bundle in TWO_AND_A_HALF_D
-            rows.append(
-                row(
-                    f"{bundle} memory at {high} vs {low} slices ({size} px)",
-                    [memory[-1] / memory[0]],
-                    goal="~1.0 (the feature cache holds one bag)" if flat else "report (sliding window)",
-                    limit="1.0" if flat else "n/a: the whole volume's class probabilities are held",
-                    note=f"memory ~ depth^{growth_exponent(depths, memory):.2f}; {memory[0]:.0f} -> {memory[-1]:.0f}"
-                    f" MiB; one float32 volume is {by_depth[high]['volume_mib']:.1f} MiB at {high} slices",
+            note = f"memory ~ depth^{growth_exponent(depths, memory):.2f}; {memory[0]:.0f} -> {memory[-1]:.0f} MiB"
+            if bundle in TWO_AND_A_HALF_D:  # the volume-sized arrays grow with depth; anything else must not
+                slice_mib = by_depth[high]["volume_mib"] / high
+                rows.append(
+                    row(
+                        f"{bundle} memory added per slice, in float32 slices ({size} px)",
+                        [(memory[-1] - memory[0]) / (high - low) / slice_mib],
+                        goal="<= 4 (volume-sized arrays only: no per-slice features or masks kept)",
+                        limit="2 (the input's slice-first copy and the output label volume)",
+                        note=f"{note} from {low} to {high} slices; one float32 slice is {slice_mib * 1024:.0f} KiB",
+                    )
                 )
-            )
+            else:
+                rows.append(
+                    row(
+                        f"{bundle} memory at {high} vs {low} slices ({size} px)",
+                        [memory[-1] / memory[0]],
+                        goal="report (sliding window)",
+                        limit="n/a: the whole volume's class probabilities are held",
+                        note=f"{note}; one float32 volume is {by_depth[high]['volume_mib']:.1f} MiB at {high} slices",
+                    )
+                )
     return rows
 
 

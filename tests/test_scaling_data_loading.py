@@ -48,8 +48,11 @@ def test_rows_give_time_per_slice_and_memory_at_the_largest_vs_smallest_depth():
     assert time_row["ratio"] == pytest.approx(1.0)
     assert time_row["spread"] == pytest.approx([1 / 1.1, 1.1])  # every repeat at 128 over every repeat at 32
     assert time_row["limit"].startswith("1.00") and _exponent(time_row) == pytest.approx(0.0, abs=0.01)
-    assert memory_row["what"] == "va_maskrcnn_lits memory at 128 vs 32 slices (64 px)"
-    assert memory_row["ratio"] == pytest.approx(1.0) and "one bag" in memory_row["goal"]
+    assert memory_row["what"] == "va_maskrcnn_lits memory added per slice, in float32 slices (64 px)"
+    assert memory_row["ratio"] == pytest.approx(0.0)
+    slice_mib = 1 / 64  # _records: one float32 slice is 1/64 MiB
+    _, two_volumes = scaling.scaling_rows(_records("cs_att_deeplesion", [50 + 2 * d * slice_mib for d in DEPTHS]))
+    assert two_volumes["ratio"] == pytest.approx(2.0) and "volume-sized arrays only" in two_volumes["goal"]
     _, msan_memory = scaling.scaling_rows(_records("msan_kits", [100, 200, 400]))
     assert msan_memory["ratio"] == pytest.approx(4.0) and _exponent(msan_memory) == pytest.approx(1.0, abs=0.01)
     assert "sliding window" in msan_memory["goal"]
@@ -106,10 +109,15 @@ def _finite_positive(r: dict) -> bool:
 def test_quick_scaling_run_writes_rows_and_a_plot(tmp_path):
     png = tmp_path / "scaling.png"
     rows = _quick("scaling", tmp_path, "--out", str(png))
-    assert [r["what"] for r in rows] == [
-        f"{b} {kind} at 8 vs 4 slices (32 px)" for b in scaling.BUNDLES for kind in ("time/slice", "memory")
-    ]
-    assert all(_finite_positive(r) for r in rows), rows
+    whats = []
+    for b in scaling.BUNDLES:
+        whats.append(f"{b} time/slice at 8 vs 4 slices (32 px)")
+        added = f"{b} memory added per slice, in float32 slices (32 px)"
+        whats.append(added if b in scaling.TWO_AND_A_HALF_D else f"{b} memory at 8 vs 4 slices (32 px)")
+    assert [r["what"] for r in rows] == whats
+    growth = [r for r in rows if "added per slice" in r["what"]]  # a difference of two peaks: noise may make it <= 0
+    assert all(math.isfinite(r["ratio"]) for r in growth), growth
+    assert all(_finite_positive(r) for r in rows if r not in growth), rows
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
