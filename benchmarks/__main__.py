@@ -9,8 +9,8 @@ taken under load are not reported: after each benchmark the CPU time other proce
 busy time less the suite's own) must stay within MAX_LOAD cores, else the suite says so and stops; then it waits (up
 to ``--settle`` s) for the 1-minute load average, which the benchmark's own threads raised, to fall back to MAX_LOAD
 before the next one, and stops if it does not. Prints one markdown table (what | measured ratio (median, min-max) |
-goal | limit | note) with the load at start and end and the device, and writes it to OUT/table.md and the rows (each
-with its benchmark) to OUT/rows.json.
+goal | limit | note) with the load at start and end and the device, and writes it to OUT/table.md, the rows (each
+with its benchmark) to OUT/rows.json and the scaling plot to OUT/scaling.png.
 """
 
 import argparse
@@ -56,6 +56,7 @@ def run_benchmark(name: str, args, rows_path: Path, log_path: Path) -> float:
     used meanwhile."""
     cmd = [sys.executable, str(measure.REPO / "benchmarks" / f"{name}.py"), "--rows", str(rows_path)]
     cmd += ["--max_load", str(args.max_load), *(["--quick"] if args.quick else [])]
+    cmd += ["--out", str(Path(args.out) / "scaling.png")] if name == "scaling" else []  # the plot beside the table
     print(f"== {name}: {' '.join(cmd[1:])} (output: {log_path})", flush=True)
     env = {**os.environ, "PYTHONPATH": str(measure.REPO)}
     start, (machine, own) = time.monotonic(), cpu_seconds()

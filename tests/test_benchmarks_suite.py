@@ -46,6 +46,7 @@ def test_quick_suite_prints_one_table_and_writes_its_rows(repo_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.loads((out / "rows.json").read_text())
     rows = saved["rows"]
+    assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"  # the plot beside the table
     for name, whats in EXPECTED.items():
         assert [r["what"] for r in rows if r["benchmark"] == name] == whats
     for name in OTHERS:
