@@ -109,7 +109,7 @@ def test_deeplesion_inference_runs_the_network_under_the_amp_switch(tmp_path, mo
     deeplesion.run_inference(model, tmp_path, tmp_path / "out", loader, batch_size=2, label_threshold=None, amp=amp)
     assert calls == [("cpu", amp)] * 2  # 4 slices, 2 key slices a batch
     calls.clear()
-    sample = {"image": torch.rand(9, 32, 32), "scale": 1.0}
+    sample = {"image": torch.rand(9, 32, 32), "scale": 1.0, "origin": (0, 0)}  # as LoadDeepLesionSampled gives
     entries = [{"image": "series_a", "key_slice": k} for k in (3, 4, 5)]
     deeplesion.detect_entries(model, entries, lambda entry: sample, amp=amp)
     assert calls == [("cpu", amp)] * 3
