@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# cs_att_deeplesion end to end on phantom DeepLesion data, CPU-sized (about 14 minutes on 2 idle cores):
+# cs_att_deeplesion end to end on phantom DeepLesion data, CPU-sized (about 13 minutes on 2 idle cores):
 #   bash scripts/cs_att_deeplesion_job.sh [OUT_DIR]     (default: outputs/cs_att_deeplesion_job; a new or empty folder)
-# Environment: EPOCHS (14), NUM_CASES (288 phantom series), SEED (0: phantoms and network initialisation),
+# Environment: EPOCHS (12), NUM_CASES (288 phantom series), SEED (0: phantoms and network initialisation),
 # OMP_NUM_THREADS (2; use 1 when other jobs share the 2 cores: two threads fighting them ran 2-3x slower).
 # Steps: environment -> phantom DeepLesion (PNG + DL_info.csv) -> evaluation of the untrained network -> a short
 # 3DCE + CS-Att training -> evaluation of the trained network on its training split and on the test split, ending
@@ -13,14 +13,14 @@
 # (phantom lesions differ from their surroundings by about 15-150 HU); anchors 8-48 px instead of 16-96 px (the paper's
 # anchors in mm at these pixels); a ResNet-18 backbone (conv1..layer2, stride 8, random weights, so --pretrained
 # false) instead of ImageNet VGG-16; M = 3 images (9 slices) instead of 5; inputs in [0, 1] without ImageNet
-# normalisation (no ImageNet weights), 64 RoIs per image and box-regression loss weight 1 (3DCE: 32 and 10); 14
+# normalisation (no ImageNet weights), 64 RoIs per image and box-regression loss weight 1 (3DCE: 32 and 10); 12
 # epochs of 258 iterations at lr 0.02 (paper: 6 epochs at 1e-3), milestones scaled to the epochs, gradient norm
 # clipped at 10; 2000/500 RPN proposals before/after NMS in training (paper 12000/2000: NMS over 12000 boxes costs
 # about a second per image on a CPU).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT_DIR=$(realpath -m "${1:-$REPO/outputs/cs_att_deeplesion_job}")
-EPOCHS=${EPOCHS:-14}
+EPOCHS=${EPOCHS:-12}
 NUM_CASES=${NUM_CASES:-288}
 SEED=${SEED:-0}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
