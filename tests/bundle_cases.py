@@ -100,6 +100,24 @@ CASES = [
 ]
 
 
+def export_torchscript(configs: Path, network, folder: Path, **overrides):
+    """``monai.bundle.ckpt_export`` of ``network_def`` (inference.json with OVERRIDES) from NETWORK's weights, as a
+    user would run it; returns the exported TorchScript module loaded back."""
+    import torch
+    from monai.bundle import ckpt_export
+
+    torch.save(network.state_dict(), folder / "model.pt")
+    ckpt_export(
+        net_id="network_def",
+        filepath=str(folder / "model.ts"),
+        ckpt_file=str(folder / "model.pt"),
+        meta_file=str(configs / "metadata.json"),
+        config_file=str(configs / "inference.json"),
+        **overrides,
+    )
+    return torch.jit.load(folder / "model.ts")
+
+
 def config_args(values: dict[str, object]) -> list[str]:
     """`--id value` pairs for `python -m monai.bundle run` (values in JSON form, as fire parses them)."""
     return [arg for key, value in values.items() for arg in (f"--{key}", json.dumps(value))]

@@ -11,11 +11,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ckpt_export, create_workflow, run, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, create_workflow, run, verify_metadata, verify_net_in_out
 
 from shared.data.deeplesion import make_datalist
 from shared.phantoms.deeplesion import make_phantoms
 from shared.transforms.sample_log import loaded_samples
+from tests.bundle_cases import export_torchscript
 from tests.conftest import META_SCHEMA_MD5
 
 CONFIGS = ("train.json", "evaluate.json", "inference.json")
@@ -144,16 +145,7 @@ def test_ckpt_export_gives_the_eager_detections(configs, tmp_path):
     """`python -m monai.bundle ckpt_export network_def` scripts the network (TorchScript); the exported model finds
     the same boxes, scores and labels as the eager network."""
     eager = _tiny_network(configs)
-    torch.save(eager.state_dict(), tmp_path / "model.pt")
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(tmp_path / "model.ts"),
-        ckpt_file=str(tmp_path / "model.pt"),
-        meta_file=str(configs / "metadata.json"),
-        config_file=str(configs / "inference.json"),
-        **TINY_NET,
-    )
-    exported = torch.jit.load(tmp_path / "model.ts")
+    exported = export_torchscript(configs, eager, tmp_path, **TINY_NET)
     image = torch.rand(9, 64, 48, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         (expected,) = eager([image])

@@ -10,12 +10,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigParser, verify_metadata, verify_net_in_out
 
 from shared.data.lits import make_datalist
 from shared.phantoms.lits import make_phantoms
 from shared.transforms.sample_log import loaded_samples
 from shared.transforms.slice_bags import bag_slice_indices
+from tests.bundle_cases import export_torchscript
 from tests.conftest import META_SCHEMA_MD5, VA_TINY_NETWORK
 
 TINY = {
@@ -113,16 +114,7 @@ def test_ckpt_export_gives_the_eager_detections(configs, lits_root, tmp_path):
     values = {**NETWORK, "frozen_batchnorm": False}
     torch.manual_seed(0)
     eager = _parser(configs, "inference.json", **values).get_parsed_content("network_def").eval()
-    torch.save(eager.state_dict(), tmp_path / "model.pt")
-    ckpt_export(
-        net_id="network_def",
-        filepath=str(tmp_path / "model.ts"),
-        ckpt_file=str(tmp_path / "model.pt"),
-        meta_file=str(configs / "metadata.json"),
-        config_file=str(configs / "inference.json"),
-        **values,
-    )
-    exported = torch.jit.load(tmp_path / "model.ts")
+    exported = export_torchscript(configs, eager, tmp_path, **values)
     bag = _phantom_bag(lits_root, TINY["bag_size"])
     with torch.no_grad():
         (expected,) = eager([bag])
