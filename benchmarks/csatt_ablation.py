@@ -3,7 +3,7 @@ trained on the same context phantoms with the same budget, several seeds each; s
 image on the held-out test split.
 
     PYTHONPATH=. .venv/bin/python benchmarks/csatt_ablation.py [--out outputs/csatt_ablation]
-        [--arms 3dce contextual spatial both] [--seeds 0 1 2] [--epochs 8] [--cases 160] [--image_size 128]
+        [--arms 3dce contextual spatial both] [--seeds 0 1 2] [--epochs 12] [--cases 400] [--image_size 128]
         [--num_images 5] [--jobs 2] [--args_file more_overrides.json] [--smoke]
 
 The data are ``python -m shared phantoms deeplesion --context true`` series: look-alikes that a single 3-slice image
@@ -22,13 +22,10 @@ Demo sizes (``DEMO_OVERRIDES``; the paper's stay the config defaults): those of 
 RPN proposals), but M = 5 images, the paper's ablation setting (the phantom's look-alikes in 5 mm series differ from
 lesions only beyond the reach of M = 3), and 128 px series at 2 mm pixels (at most 160 px) instead of 1.8 mm.
 
-Budget, equal for every arm: 8 epochs of ~48 iterations (160 series give ~96 training key slices, one per series;
-batch 2), validation every epoch on ~32 key slices, model.pt the best validation sensitivity at 4 FPs per image.
-Whole run estimated, not measured (the machine was shared while this was written): the demo job measured 0.6-1.3 s
-per iteration at 192 px, M = 3, one thread (bundle docs, "Demo run"); the cost grows with M x pixels, so 160 px at
-M = 5 is ~1.16x that, 0.7-1.5 s. One run: ~384 iterations (4.5-9.6 min), 8 validations and the test (~290 images at
-an assumed ~0.3 s, 1.5 min), start-up and cache (~0.5 min): 6.5-11.6 min. 12 runs on 2 processes of one thread each
-(2 idle cores): 39-70 min, plus the phantoms (~2 min), within 90 minutes.
+Budget, equal for every arm: 12 epochs of ~120 iterations (400 series give ~240 training key slices, one per
+series; batch 2), validation every 2 epochs on ~80 key slices, model.pt the best validation sensitivity at 4 FPs per
+image. Sized from one arm timed at 2 threads (~0.22 s per iteration with its validations): 12 runs, 2 at a time on
+one thread each, fit in 90 minutes; the measured whole run is in the bundle docs ("CS-Att against 3DCE").
 
 Writes ``<out>/ablation.json`` (settings, every arm and seed) and ``<out>/ablation.md`` (mean +- sd over seeds).
 ``--smoke`` is a tiny run (all arms, 1 seed, 1 epoch, 48 px phantoms, the tiny backbone) to check the pipeline.
@@ -121,7 +118,7 @@ def arm_overrides(arm: str, seed: int, data: Path, arm_dir: Path, epochs: int, e
         "seed": seed,
         "epochs": epochs,
         "lr_milestones": [max(1, epochs * 4 // 6), max(1, epochs * 5 // 6)],  # the paper's 4 and 5 of 6 epochs
-        "val_interval": 1,
+        "val_interval": min(2, epochs),
         "contextual_attention": str("contextual" in blocks).lower(),
         "spatial_attention": str("spatial" in blocks).lower(),
     }
@@ -289,8 +286,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "outputs" / "csatt_ablation")
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=8, help="training epochs per model")
-    parser.add_argument("--cases", type=int, default=160, help="context phantom series (~20 %% held out for testing)")
+    parser.add_argument("--epochs", type=int, default=12, help="training epochs per model")
+    parser.add_argument("--cases", type=int, default=400, help="context phantom series (~20 %% held out for testing)")
     parser.add_argument("--image_size", type=int, default=128, help="phantom series size in pixels")
     parser.add_argument("--num_images", type=int, default=5, choices=[3, 5, 7], help="M, 3-slice images per sample")
     parser.add_argument("--jobs", type=int, default=2, help="arms trained at the same time (threads split evenly)")
