@@ -201,56 +201,54 @@ def save_detection_png(
     return _save(fig, out_path)
 
 
-def save_attention_png(
-    maps: np.ndarray,
-    images: np.ndarray,
+def save_object_attention_png(
+    weights: Sequence[float] | None,
+    spatial: np.ndarray | None,
+    key_slice: np.ndarray,
     out_path: str | os.PathLike,
     title: str = "attention",
     stride: int = 1,
     box: Sequence[float] | None = None,
-    crop: Sequence[float] | None = None,
 ) -> Path:
-    """Attention maps drawn over the CT slices they belong to: one panel per image, the slice in grey under its map.
+    """CS-Att Fig. 3 for one object: its contextual weight in each of the M images (bars) beside the spatial map
+    over the key slice, with the object's box outlined in white.
 
-    ``maps`` (M, h, w) holds one map per image, ``images`` (M, H, W) the slices (any intensity scale, shown from
-    their minimum to their maximum); cell (r, c) of a map covers the image pixels ``[r * stride, (r + 1) * stride)``
-    by ``[c * stride, (c + 1) * stride)``. All maps share one colour scale (the colour bar), drawn half transparent
-    so the anatomy shows through. With M odd the panels are named K - M//2 ... K + M//2 around the key image K (as
-    CS-Att Fig. 2 and 3). ``box`` (x1, y1, x2, y2 in image pixels, e.g. the lesion) is outlined in every panel;
-    ``crop`` (same form) limits each panel to that region of the image.
+    ``weights`` (M values in [0, 1], M odd; ``None``: no bar chart) are drawn as bars named K - M//2 ... K + M//2
+    around the key image K. ``spatial`` (h, w; ``None``: the slice alone) is drawn half transparent over
+    ``key_slice`` (H, W; any intensity scale, shown from its minimum to its maximum), cell (r, c) over the image
+    pixels ``[r * stride, (r + 1) * stride)`` by ``[c * stride, (c + 1) * stride)``, with a colour bar from the map's
+    minimum to its maximum. ``box``: x1, y1, x2, y2 in image pixels.
     """
-    maps, images = np.asarray(maps, dtype=float), np.asarray(images, dtype=float)
-    if maps.ndim != 3 or images.ndim != 3 or len(maps) != len(images):
-        raise ValueError(
-            f"maps (M, h, w) and images (M, H, W) must be 3D, one map per image: {maps.shape}, {images.shape}"
-        )
-    count, (rows_m, cols_m), (height, width) = len(maps), maps.shape[1:], images.shape[1:]
-    names = [f"K{i - count // 2:+d}" if i != count // 2 else "K" for i in range(count)] if count % 2 else None
-    names = names or [f"image {i}" for i in range(count)]
-    low, high = float(maps.min()), float(maps.max())
-    columns = min(count, 4)
-    rows = math.ceil(count / columns)
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(2.6 * columns + 0.8, 2.6 * rows + 0.6), squeeze=False, layout="constrained"
-    )
-    extent = (-0.5, cols_m * stride - 0.5, rows_m * stride - 0.5, -0.5)  # map cells on the image's pixel grid
-    x1, y1, x2, y2 = (-0.5, -0.5, width - 0.5, height - 0.5)
-    if crop is not None:
-        x1, y1, x2, y2 = max(x1, crop[0]), max(y1, crop[1]), min(x2, crop[2]), min(y2, crop[3])
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i >= count:
-            continue
-        ax.imshow(images[i], cmap="gray", vmin=images.min(), vmax=images.max(), interpolation="nearest")
-        shown = ax.imshow(maps[i], cmap="jet", vmin=low, vmax=high, alpha=0.45, extent=extent, interpolation="nearest")
-        if box is not None:
-            bx1, by1, bx2, by2 = box
-            ax.add_patch(Rectangle((bx1, by1), bx2 - bx1, by2 - by1, fill=False, edgecolor="white", lw=1))
-        ax.set_xlim(x1, x2)
-        ax.set_ylim(y2, y1)
-        ax.set_title(names[i], fontsize=9)
-    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8)
-    fig.suptitle(title)
+    key_slice = np.asarray(key_slice, dtype=float)
+    if key_slice.ndim != 2 or (spatial is not None and np.ndim(spatial) != 2):
+        raise ValueError(f"key_slice (H, W) and spatial (h, w) must be 2D: {key_slice.shape}, {np.shape(spatial)}")
+    if weights is not None and len(weights) % 2 == 0:
+        raise ValueError(f"weights: one per image of M (odd) around the key image, got {len(weights)}")
+    columns = 1 if weights is None else 2
+    fig, axes = plt.subplots(1, columns, figsize=(3.4 * columns, 3.4), squeeze=False, layout="constrained")
+    if weights is not None:
+        bars, half = axes[0, 0], len(weights) // 2
+        names = [f"K{i - half:+d}" if i != half else "K" for i in range(len(weights))]
+        bars.bar_label(bars.bar(names, weights, color="tab:blue"), fmt="%.3f", fontsize=8)
+        bars.set_ylim(0, 1.1)
+        bars.set_xlabel("image")
+        bars.set_title("contextual weight C'' in the box", fontsize=9)
+    ax = axes[0, -1]
+    ax.imshow(key_slice, cmap="gray", vmin=key_slice.min(), vmax=key_slice.max(), interpolation="nearest")
+    if spatial is not None:
+        spatial = np.asarray(spatial, dtype=float)
+        rows_m, cols_m = spatial.shape
+        extent = (-0.5, cols_m * stride - 0.5, rows_m * stride - 0.5, -0.5)  # map cells on the image's pixel grid
+        shown = ax.imshow(spatial, cmap="jet", alpha=0.45, extent=extent, interpolation="nearest")
+        fig.colorbar(shown, ax=ax, shrink=0.8)
+    if box is not None:
+        x1, y1, x2, y2 = box
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white", lw=1))
+    ax.set_xlim(-0.5, key_slice.shape[1] - 0.5)
+    ax.set_ylim(key_slice.shape[0] - 0.5, -0.5)
+    ax.set_axis_off()
+    ax.set_title("spatial attention S'', key slice" if spatial is not None else "key slice", fontsize=9)
+    fig.suptitle(title, fontsize=10)
     return _save(fig, out_path)
 
 

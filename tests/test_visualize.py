@@ -101,43 +101,69 @@ def test_froc_png(tmp_path):
     assert _has_colour(pixels, (214, 39, 40))  # the tab:red markers at the standard FP rates
 
 
-def _attention_pixels(tmp_path, maps, images, name, **kwargs) -> np.ndarray:
-    return _pixels(visualize.save_attention_png(maps, images, tmp_path / name, "attention", **kwargs))
+def _attention_pixels(tmp_path, name, weights=None, spatial=None, key_slice=None, **kwargs) -> np.ndarray:
+    key_slice = np.zeros((32, 32)) if key_slice is None else key_slice
+    out = visualize.save_object_attention_png(weights, spatial, key_slice, tmp_path / name, "attention", **kwargs)
+    return _pixels(out)
 
 
-def test_attention_is_drawn_over_its_slice(tmp_path):
+def test_contextual_bars_are_as_tall_as_their_weights(tmp_path):
+    """Bars K-1, K, K+1 of weights 0.2, 1, 0.6 on a 0-1 axis: three runs of bar-coloured columns, left to right, whose
+    heights in pixels keep the weights' ratios."""
+    pixels = _attention_pixels(tmp_path, "bars.png", [0.2, 1.0, 0.6], np.zeros((4, 4)), stride=8)
+    left = pixels[:, : pixels.shape[1] // 2]  # the bar chart; the spatial map is on the right
+    bar = (np.abs(left.astype(int) - np.array(matplotlib.colors.to_rgb("tab:blue")) * 255).max(axis=-1) <= 3).sum(0)
+    columns = np.flatnonzero(bar)
+    runs = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
+    heights = [int(bar[run].max()) for run in runs]
+    assert len(runs) == 3 and heights[1] > heights[2] > heights[0] > 0, heights
+    assert heights[0] / heights[1] == pytest.approx(0.2, abs=0.02)
+    assert heights[2] / heights[1] == pytest.approx(0.6, abs=0.02)
+
+
+def test_spatial_map_is_drawn_over_the_key_slice(tmp_path):
     """A flat map over a slice half black, half white: the picture shows both halves through the map's colour."""
-    images = np.zeros((1, 32, 32))
-    images[:, :, 16:] = 1.0  # right half white
-    maps = np.full((1, 4, 4), 0.5)
-    pixels = _attention_pixels(tmp_path, maps, images, "half.png", stride=8)
-    bare = _attention_pixels(tmp_path, maps, np.zeros_like(images), "black.png", stride=8)
+    key_slice = np.zeros((32, 32))
+    key_slice[:, 16:] = 1.0  # right half white
+    spatial = np.full((4, 4), 0.5)
+    pixels = _attention_pixels(tmp_path, "half.png", spatial=spatial, key_slice=key_slice, stride=8)
+    bare = _attention_pixels(tmp_path, "black.png", spatial=spatial, stride=8)
     assert pixels.shape == bare.shape
     changed = np.abs(pixels.astype(int) - bare.astype(int)).max(axis=-1) > 60
-    assert changed.any(), "the slice does not show through the attention map"
     columns = np.flatnonzero(changed.any(axis=0))
-    assert changed.sum() > 1000 and columns.min() > pixels.shape[1] * 0.1  # the white half, not the left one
-    assert not (bare == pixels).all()
+    assert changed.sum() > 1000, "the slice does not show through the attention map"
+    assert columns.min() > pixels.shape[1] * 0.3  # the white half, not the left one
 
 
-def test_attention_map_cells_sit_on_their_pixels(tmp_path):
+def test_spatial_map_cells_sit_on_their_pixels(tmp_path):
     """Cell (r, c) of a stride-8 map covers image pixels [8r, 8r + 8) x [8c, 8c + 8): one hot cell over a black
-    slice, cropped to that cell, fills the panel with the top colour of the map."""
-    maps = np.zeros((3, 4, 4))
-    maps[:, 1, 2] = 1.0
-    images = np.zeros((3, 32, 32))
-    hot = _attention_pixels(tmp_path, maps, images, "hot.png", stride=8, crop=(16, 8, 23, 15))
-    cold = _attention_pixels(tmp_path, maps, images, "cold.png", stride=8, crop=(0, 0, 7, 7))
+    slice fills exactly the box drawn around those pixels, and a hot cell one row down and one column left moves
+    by its own size."""
     top = (np.array(matplotlib.colormaps["jet"](1.0)[:3]) * 255 * 0.45).astype(int)  # over black, alpha 0.45
-    assert (np.abs(hot.astype(int) - top).max(axis=-1) <= 3).sum() > 3 * 150 * 150  # three panels of that colour
-    assert (np.abs(cold.astype(int) - top).max(axis=-1) <= 3).sum() < 100 * 100  # only the colour bar's top
+
+    def hot(row, col):
+        spatial = np.zeros((4, 4))
+        spatial[row, col] = 1.0
+        box = (8 * col - 0.5, 8 * row - 0.5, 8 * col + 7.5, 8 * row + 7.5)  # the edges of the cell's pixels
+        pixels = _attention_pixels(tmp_path, f"hot{row}{col}.png", spatial=spatial, stride=8, box=box)
+        white = (pixels.min(axis=-1) > 200) & (np.arange(pixels.shape[1]) < pixels.shape[1] * 0.7)  # not the bar
+        return (np.abs(pixels.astype(int) - top).max(axis=-1) <= 3), white
+
+    (first, first_box), (second, second_box) = hot(1, 2), hot(2, 1)
+    cell_a, cell_b = first & ~second, second & ~first  # the colour bar's top is the same in both: left out
+    (ya, xa), (yb, xb), (yw, xw) = (np.nonzero(m) for m in (cell_a, cell_b, first_box & ~second_box))
+    side = xw.max() - xw.min()  # the box's outline, one cell wide
+    assert side > 40 and abs((yw.max() - yw.min()) - side) <= 2  # square
+    assert abs(xw.min() - xa.min()) <= 2 and abs(xw.max() - xa.max()) <= 2  # the hot cell fills the box
+    assert abs(yw.min() - ya.min()) <= 2 and abs(yw.max() - ya.max()) <= 2
+    assert abs((xa.mean() - xb.mean()) - side) <= 2 and abs((yb.mean() - ya.mean()) - side) <= 2  # one cell apart
 
 
-def test_attention_png_rejects_maps_without_their_slices(tmp_path):
-    with pytest.raises(ValueError, match="one map per image"):
-        visualize.save_attention_png(np.zeros((3, 4, 4)), np.zeros((2, 32, 32)), tmp_path / "a.png")
-    with pytest.raises(ValueError, match="one map per image"):
-        visualize.save_attention_png(np.zeros((3, 4)), np.zeros((3, 32, 32)), tmp_path / "a.png")
+def test_object_attention_png_rejects_bad_shapes(tmp_path):
+    with pytest.raises(ValueError, match="must be 2D"):
+        visualize.save_object_attention_png(None, np.zeros((4, 4)), np.zeros((3, 32, 32)), tmp_path / "a.png")
+    with pytest.raises(ValueError, match="one per image of M"):
+        visualize.save_object_attention_png([0.5, 0.5], None, np.zeros((32, 32)), tmp_path / "a.png")
 
 
 def test_show_cli_reorients_nifti_and_names_bad_files(tmp_path, repo_root):
