@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from shared.data import deeplesion
-from shared.phantoms import ct
+from shared.phantoms import context, ct
 from shared.phantoms import deeplesion as phantoms
 from shared.transforms.deeplesion import context_positions
 
@@ -30,7 +30,7 @@ def test_band_holds_the_slices_the_key_image_reads_and_one_more(interval):
 
 def test_tube_is_its_blob_within_the_band_and_runs_on_beyond():
     blob = ct.Ellipsoid((0.0, 0.0, 0.0), (10.0, 8.0, 6.0), 0.3)
-    tube = phantoms.Tube(blob, band=4.0, half_length=30.0)
+    tube = context.Tube(blob, band=4.0, half_length=30.0)
     x, y = np.meshgrid(np.linspace(-12, 12, 49), np.linspace(-12, 12, 49), indexing="ij")
     for dz in (-4.0, -2.5, 0.0, 1.0, 4.0):
         assert np.array_equal(tube.contains(x, y, dz), blob.contains(x, y, dz))

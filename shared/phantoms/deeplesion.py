@@ -1,10 +1,10 @@
 """DeepLesion phantoms: PNG series with key slices, RECIST marks, noisy rows and a patient split, as in DL_info.csv.
 
-``context=True`` adds look-alikes that only the slices around the key slice tell from lesions (:class:`Tube`).
+``context=True`` adds look-alikes that only the slices around the key slice tell from lesions
+(:class:`shared.phantoms.context.Tube`).
 """
 
 import csv
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -15,7 +15,8 @@ from tqdm import tqdm
 
 from shared.data.atomic import atomic_path
 from shared.data.deeplesion import COLUMNS, CSV_NAME, HU_OFFSET, IMAGES, LESION_TYPES, UNKNOWN_LESION_TYPE, split_code
-from shared.phantoms import ct
+from shared.phantoms import context, ct
+from shared.phantoms.context import LOOKALIKES_NAME
 
 _TYPE_CODES = {name: code for code, name in LESION_TYPES.items()}
 _SITE_TYPES = {  # phantom lesion site -> DeepLesion Coarse_lesion_type
@@ -33,38 +34,13 @@ _INTERVALS_MM = (1.0, 1.25, 2.0, 2.5, 3.0, 5.0)
 DEMO_NUM_CASES = 12
 DEMO_IMAGE_SIZE = 128
 KEY_IMAGE_MM = 2.0  # the key 3-slice image's slices are 2 mm apart (3DCE), interpolated between the series' slices
-LOOKALIKES_NAME = "context_lookalikes.json"
 
 
 def key_band_mm(interval: float) -> float:
     """Half-thickness (mm) of the slab in which a context lesion and its look-alike are the same: the farthest
     slice of the series that the key 3-slice image reads, plus one slice, so that the phantom's blur across slices
     (0.6 voxel at most) carries less than 0.5 % of what differs beyond into the slices it reads."""
-    return interval * (math.ceil(KEY_IMAGE_MM / interval - 1e-9) + 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class Tube:
-    """A look-alike of a context lesion: the lesion's ellipsoid ``blob`` within ``band`` mm of its centre, then the
-    blob's cross-section at ``band`` continued straight along z up to ``half_length`` mm from the centre, like a
-    vessel running through the slices. ``center`` and ``radii`` are the blob's (what lesion placement spaces by)."""
-
-    blob: ct.Ellipsoid
-    band: float
-    half_length: float
-
-    @property
-    def center(self) -> tuple[float, float, float]:
-        return self.blob.center
-
-    @property
-    def radii(self) -> tuple[float, float, float]:
-        return self.blob.radii
-
-    def contains(self, x, y, z, scale: float = 1.0):
-        dz = z - self.blob.center[2]
-        clamped = self.blob.center[2] + np.clip(dz, -self.band, self.band)
-        return self.blob.contains(x, y, clamped, scale) & (np.abs(dz) <= self.half_length)
+    return context.band_mm(interval, KEY_IMAGE_MM, 1)
 
 
 def _recist(mask: np.ndarray) -> tuple[list[float], float, float]:
@@ -122,24 +98,15 @@ def context_objects(rng, anatomy: ct.Anatomy, z_mm: float, interval: float) -> t
     into look-alikes at random; returns the objects and the indices of the look-alikes.
 
     Every object is flattened along z to end 1.45-1.6 times :func:`key_band_mm` from its centre (a lesion ending
-    within a few slices); a look-alike is that same object as a :class:`Tube` running 30-60 mm each way. So site,
+    within a few slices); a look-alike is that same object as a tube running 30-60 mm each way
+    (:func:`shared.phantoms.context.make_lookalikes`). So site,
     size, HU, texture and shape on the slices the key 3-slice image reads come from the same draws for both."""
-    band = key_band_mm(interval)
     placed: list[ct.Lesion] = []
     for _ in range(int(rng.integers(2, 6))):
         lesion = _draw_lesion(rng, anatomy, z_mm, placed)
         if lesion is not None:
             placed.append(lesion)
-    objects = []
-    for lesion in placed:
-        shape = lesion.shape
-        radii = (shape.radii[0], shape.radii[1], band * rng.uniform(1.45, 1.6))
-        objects.append(dataclasses.replace(lesion, shape=ct.Ellipsoid(shape.center, radii, shape.angle)))
-    count = int(rng.integers(1, len(objects))) if len(objects) > 1 else 0
-    lookalikes = {int(i) for i in rng.permutation(len(objects))[:count]}
-    for i in lookalikes:
-        objects[i] = dataclasses.replace(objects[i], shape=Tube(objects[i].shape, band, rng.uniform(30, 60)))
-    return objects, lookalikes
+    return context.make_lookalikes(rng, placed, key_band_mm(interval))
 
 
 def _tight_box(mask: np.ndarray) -> list[float]:
