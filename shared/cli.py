@@ -20,7 +20,8 @@ def phantoms(dataset: str, out_dir: str, num_cases: int | None = None, seed: int
     the same seed gives the same files. NUM_CASES defaults to the dataset module's demo size. SIZE options go to
     the dataset's ``make_phantoms`` (kits19/lits: --shape "[16,32,32]"; deeplesion: --image_size 64, and
     --context true for look-alikes that only the slices around the key slice tell from lesions, --key_slices 3 for
-    three annotated key slices per series).
+    three annotated key slices per series; lits: --context true for liver look-alikes that only slices beyond the
+    target 2.5D image tell from lesions).
     """
     from shared.data import dataset_module
     from shared.engines.flags import as_bool

@@ -25,6 +25,7 @@ ORGAN = {name: code for code, name in enumerate(ORGANS)}
 LESION_SITES = ("liver", "kidney", "spleen", "bone", "soft_tissue", "abdomen")
 """Where :class:`LesionRequest` can place a lesion (kidney lesions are the renal tumours of KiTS19)."""
 
+_BLUR_TRUNCATE = 4.0  # the blur kernel's half-width in sigmas
 _CYLINDER = 1e5  # z radius (mm) that turns an ellipsoid into an elliptic cylinder along z
 
 
@@ -59,12 +60,17 @@ class LesionRequest:
 
 @dataclass(frozen=True)
 class Lesion:
-    """A placed lesion: site, shape, HU, and the HU of a necrotic core (inner half) if it has one."""
+    """A placed lesion: site, shape, HU, and the HU of a necrotic core (inner half) if it has one.
+
+    ``texture_seed``: draw the lesion's texture from its own generator over the whole grid, so that a voxel's texture
+    does not depend on the lesion's extent (nor the rest of the case on it); None draws it from the case's generator.
+    """
 
     site: str
     shape: Ellipsoid
     hu: float
     core_hu: float | None = None
+    texture_seed: int | None = None
 
 
 @dataclass
@@ -353,15 +359,28 @@ def make_abdomen(
     for i, lesion in enumerate(placed):
         mask = lesion.shape.contains(x, y, z) & clip[lesion.site]
         lesion_map[mask] = i + 1
-        texture = rng.normal(0, 6, size=int(mask.sum())).astype(np.float32)  # heterogeneous enhancement
+        if lesion.texture_seed is None:
+            texture = rng.normal(0, 6, size=int(mask.sum())).astype(np.float32)  # heterogeneous enhancement
+        else:
+            texture = np.random.default_rng(lesion.texture_seed).normal(0, 6, size=full)[mask].astype(np.float32)
         hu[mask] = lesion.hu + texture
         if lesion.core_hu is not None:
             paint(lesion.shape.contains(x, y, z, 0.5) & mask, lesion.core_hu)
 
-    voxel_blur = [0.6 / max(s / min(spacing), 1.0) for s in spacing]  # ~0.6 voxel in-plane, less across slices
-    hu = ndimage.gaussian_filter(hu, voxel_blur)
+    hu = ndimage.gaussian_filter(hu, blur_sigmas(spacing), truncate=_BLUR_TRUNCATE)
     hu += rng.normal(0, rng.uniform(10, 20), size=hu.shape).astype(np.float32)
     return Phantom(hu.astype(np.float32), organs, lesion_map, placed, affine)
+
+
+def blur_sigmas(spacing: Sequence[float]) -> list[float]:
+    """Sigma (voxels) per axis of the blur :func:`make_abdomen` applies: 0.6 voxel along the finest axis, 0.6 of
+    that voxel size (mm) along the others."""
+    return [0.6 / max(s / min(spacing), 1.0) for s in spacing]
+
+
+def blur_reach(spacing: Sequence[float]) -> list[int]:
+    """How many voxels along each axis the blur of :func:`make_abdomen` carries a value (its kernel's radius)."""
+    return [int(_BLUR_TRUNCATE * sigma + 0.5) for sigma in blur_sigmas(spacing)]  # as scipy.ndimage sizes it
 
 
 def to_hu_int16(hu: np.ndarray) -> np.ndarray:

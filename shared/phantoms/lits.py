@@ -1,45 +1,111 @@
 """LiTS phantoms: hypodense liver lesions of VA Table 2's size classes in the LiTS layout, varied slice thickness."""
 
+import dataclasses
+import json
+import math
+from fractions import Fraction
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
 from shared.data.atomic import atomic_path
 from shared.data.lits import AXCODES, LESION, LIVER, RESAMPLED_THICKNESS_MM
 from shared.phantoms import ct
+from shared.phantoms.context import LOOKALIKES_NAME, band_mm, make_lookalikes
 
 THICKNESSES_MM = (0.7, 5.0, 1.0, 2.5, 0.8, 3.0, 1.25, 2.0)  # spread over LiTS's 0.7-5 mm
 DEMO_NUM_CASES = 8
 DEMO_SHAPE = (96, 96, 96)
+SIZE_CLASSES_MM = ((6, 15), (15, 30), (30, 60))  # VA Table 2: small, medium, large
+
+
+def _diameter(rng: np.random.Generator) -> float:
+    """A lesion diameter (mm): small (<15 mm), medium (15-30 mm) or large (30-60 mm) as in VA Table 2."""
+    return rng.uniform(*SIZE_CLASSES_MM[rng.integers(len(SIZE_CLASSES_MM))])
 
 
 def _lesion_requests(rng: np.random.Generator) -> list[ct.LesionRequest]:
-    """0-5 hypodense liver lesions, each small (<15 mm), medium (15-30 mm) or large (30-60 mm) as in VA Table 2."""
+    """0-5 hypodense liver lesions of VA Table 2's size classes."""
     count = rng.choice(6, p=[0.1, 0.25, 0.25, 0.2, 0.1, 0.1])
-    sizes = [(6, 15), (15, 30), (30, 60)]
-    return [ct.LesionRequest("liver", rng.uniform(*sizes[rng.integers(3)])) for _ in range(count)]
+    return [ct.LesionRequest("liver", _diameter(rng)) for _ in range(count)]
 
 
-def _write_phantom(path: Path, label_path: Path | None, rng: np.random.Generator, shape, thickness: float) -> None:
+def context_band_mm(spacing) -> float:
+    """Band (mm) around a context object's centre, for a volume of ``spacing`` (x, y, slice thickness) mm: the
+    farthest slice that the target 2.5D image centred there reads (its slices are the resampled slice at the centre
+    and one on either side, 1.5 mm away, each interpolated linearly between the two volume slices around it), plus
+    the slices that the phantom's blur reaches across (:func:`shared.phantoms.ct.blur_reach`), so that HU differences
+    beyond the band leave the slices it reads unchanged."""
+    return band_mm(spacing[2], RESAMPLED_THICKNESS_MM, ct.blur_reach(spacing)[2])
+
+
+def _grid_period_mm(thickness: float) -> float:
+    """Smallest distance (mm) that is a whole number of both ``thickness`` and 1.5 mm: slices of the volume that
+    the resampling keeps as they are lie this far apart."""
+    a, b = Fraction(str(thickness)), Fraction(str(RESAMPLED_THICKNESS_MM))
+    return math.lcm(a.numerator, b.numerator) / math.gcd(a.denominator, b.denominator)
+
+
+def _context_objects(rng, anatomy: ct.Anatomy, shape, spacing, z_center: float) -> tuple[list[ct.Lesion], set[int]]:
+    """2-5 liver objects of VA Table 2's sizes on one axial level, then some of them turned into look-alikes
+    (:func:`shared.phantoms.context.make_lookalikes` with :func:`context_band_mm`); return the objects and the
+    indices of the look-alikes. The level is a slice of the volume that resampling to 1.5 mm keeps (the first
+    slice plus a multiple of :func:`_grid_period_mm`), near the middle of the liver and of the field of view.
+    Every object draws its texture from its own seed, so its look-alike and lesion versions differ only where
+    their shapes do."""
+    z = ct.ras_grid(shape, spacing, z_center)[2].ravel()
+    step = round(_grid_period_mm(spacing[2]) / spacing[2])  # volume slices between two kept slices
+    liver = anatomy.liver[0]
+    target = np.clip(liver.center[2] + rng.uniform(-0.4, 0.4) * liver.radii[2], z[len(z) // 4], z[3 * len(z) // 4])
+    level = float(z[min(step * round((target - z[0]) / (step * spacing[2])), (len(z) - 1) // step * step)])
+    placed: list[ct.Lesion] = []
+    for _ in range(int(rng.integers(2, 6))):
+        lesion = ct.place_lesion(rng, anatomy, ct.LesionRequest("liver", _diameter(rng), level), placed)
+        if lesion is not None:
+            placed.append(dataclasses.replace(lesion, texture_seed=int(rng.integers(2**63))))
+    return make_lookalikes(rng, placed, context_band_mm(spacing))
+
+
+def _draw_case(rng, shape, thickness: float, with_context: bool):
+    """Draw a volume's anatomy, grid ((rows, cols, slices), spacing, z centre) and lesions (requests, or context
+    objects) and the indices of its look-alikes."""
     anatomy = ct.sample_anatomy(rng)
     rows, cols, slices = shape
     pixel = 2 * anatomy.body.radii[0] * rng.uniform(1.05, 1.2) / max(rows, cols)
     num_slices = max(3, round(slices * RESAMPLED_THICKNESS_MM / thickness))
-    case = ct.make_abdomen(
-        rng, (rows, cols, num_slices), (pixel, pixel, thickness), rng.uniform(30, 60), _lesion_requests(rng), anatomy
-    )
+    grid = ((rows, cols, num_slices), (pixel, pixel, thickness), rng.uniform(30, 60))
+    if with_context:
+        return anatomy, grid, *_context_objects(rng, anatomy, *grid)
+    return anatomy, grid, _lesion_requests(rng), set()
+
+
+def _write_case(case: ct.Phantom, lookalikes: set[int], path: Path, label_path: Path | None) -> list[list[int]]:
+    """Write the volume (and its labels: liver 1, lesions 2, look-alikes liver); return, for each look-alike with
+    voxels, the one nearest its centre as [i, j, k] of the written image."""
     image, affine = ct.reorient(ct.to_hu_int16(case.hu), case.affine, AXCODES)
     with atomic_path(path) as tmp:
         ct.nifti(image, affine).to_filename(tmp)
+    ids = ct.reorient(case.lesions, case.affine, AXCODES)[0]
     if label_path is not None:
-        label = np.where(case.organs == ct.ORGAN["liver"], LIVER, 0).astype(np.uint8)
-        label[case.lesion_mask("liver")] = LESION
+        label = np.where(ct.reorient(case.organs, case.affine, AXCODES)[0] == ct.ORGAN["liver"], LIVER, 0)
+        lesions = [i + 1 for i, lesion in enumerate(case.lesion_list) if lesion.site == "liver" and i not in lookalikes]
+        label[np.isin(ids, lesions)] = LESION
         with atomic_path(label_path) as tmp:
-            ct.nifti(ct.reorient(label, case.affine, AXCODES)[0], affine).to_filename(tmp)
+            ct.nifti(label.astype(np.uint8), affine).to_filename(tmp)
+    centres = []
+    for i in sorted(lookalikes):
+        voxels = np.argwhere(ids == i + 1)
+        if len(voxels):
+            centre = nib.affines.apply_affine(np.linalg.inv(affine), case.lesion_list[i].shape.center)
+            centres.append(voxels[np.argmin(((voxels - centre) ** 2).sum(axis=1))].tolist())
+    return centres
 
 
-def make_phantoms(out_dir, num_cases: int = DEMO_NUM_CASES, seed: int = 0, shape=DEMO_SHAPE, num_test: int = 1) -> Path:
+def make_phantoms(
+    out_dir, num_cases: int = DEMO_NUM_CASES, seed: int = 0, shape=DEMO_SHAPE, num_test: int = 1, context: bool = False
+) -> Path:
     """Write ``num_cases`` labelled volumes (``volume-0.nii``, ...) and ``num_test`` unlabelled
     ``test-volume-N.nii`` in the LiTS layout (LAS, int16 HU, uint8 labels); return the root.
 
@@ -47,13 +113,28 @@ def make_phantoms(out_dir, num_cases: int = DEMO_NUM_CASES, seed: int = 0, shape
     its slice thickness ``THICKNESSES_MM[(N + seed) % 8]`` (0.7-5 mm), so on-disk slice counts vary
     (e.g. 96 -> 29 to 206 slices) and resampling matters. Volume N depends only on ``(seed, N)``: the same seed
     gives byte-identical files.
+
+    ``context``: volumes where slices several slices away decide. Each volume's liver lesions are 2-5 objects on one
+    axial level, of which 1 to all but one (when at least two fit) are look-alikes: within :func:`context_band_mm`
+    of the level, the slices the target 2.5D image centred there reads and the slices the blur reaches, a
+    look-alike is the lesion it was drawn as (same draws of size, place, HU, texture, noise), beyond it runs on as a
+    tube 30-60 mm each way while lesions end 1.45-1.6 bands from the level. Look-alikes are labelled liver; the
+    voxel of each nearest its centre is in ``context_lookalikes.json`` (``{volume file: [[i, j, k], ...]}``,
+    indices of the written image).
     """
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     jobs = [(f"volume-{n}.nii", f"segmentation-{n}.nii", n) for n in range(num_cases)]
     jobs += [(f"test-volume-{n}.nii", None, 100_000 + n) for n in range(num_test)]
+    lookalikes = {}
     for image_name, label_name, key in tqdm(jobs, desc="lits phantoms", unit="volume", disable=None):
         thickness = THICKNESSES_MM[(key + seed) % len(THICKNESSES_MM)]
+        rng = np.random.default_rng([seed, key])
+        anatomy, grid, lesions, chosen = _draw_case(rng, shape, thickness, context)
+        case = ct.make_abdomen(rng, *grid, lesions, anatomy)
         label_path = root / label_name if label_name else None
-        _write_phantom(root / image_name, label_path, np.random.default_rng([seed, key]), shape, thickness)
+        lookalikes[image_name] = _write_case(case, chosen, root / image_name, label_path)
+    if context:
+        with atomic_path(root / LOOKALIKES_NAME) as tmp:
+            tmp.write_text(json.dumps(lookalikes))
     return root

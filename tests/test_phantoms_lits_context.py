@@ -1,0 +1,155 @@
+"""Context LiTS phantoms: a look-alike is its lesion on the slices the target 2.5D image reads, a tube beyond."""
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.bundle import ConfigParser
+
+from shared.data import lits
+from shared.phantoms import ct
+from shared.phantoms import lits as phantoms
+from shared.phantoms.context import LOOKALIKES_NAME
+from shared.transforms.slice_bags import bag_slice_indices, image_slice_indices
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "va_maskrcnn_lits" / "configs"
+SHAPE = (48, 48, 48)  # (rows, cols, slices at 1.5 mm)
+# make_phantoms(num_cases=2, seed=3, shape=(24, 24, 16), num_test=1) before the context option existed
+DEFAULT_DIGEST = "bc81d32b35063b718405c86ed3aa6307379f4ce8742980547d52a8191590917c"
+
+
+def digest(root: Path) -> str:
+    sha = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        sha.update(str(path.relative_to(root)).encode())
+        sha.update(path.read_bytes())
+    return sha.hexdigest()
+
+
+def draw(seed: int, thickness: float):
+    """A context case's anatomy, grid, objects and look-alikes, and the same objects all drawn as lesions."""
+    anatomy, grid, objects, lookalikes = phantoms._draw_case(np.random.default_rng(seed), SHAPE, thickness, True)
+    as_lesions = [dataclasses.replace(o, shape=o.shape.blob) if i in lookalikes else o for i, o in enumerate(objects)]
+    return anatomy, grid, objects, lookalikes, as_lesions
+
+
+def preprocess(paths: dict[str, Path]) -> dict:
+    """The bundle's training preprocessing (RAS, HU window, 1.5 mm slices, 32 px) of one written volume."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser["image_size"] = 32
+    return parser.get_parsed_content("preprocessing")({key: str(path) for key, path in paths.items()})
+
+
+@pytest.mark.parametrize("thickness", [0.7, 1.25, 5.0])
+def test_target_image_reads_the_same_volume_the_bag_tells_them_apart(tmp_path, thickness):
+    """Render a volume's objects twice with the same draws: look-alikes as tubes, then as the lesions they were
+    drawn as. After the bundle's preprocessing the 2.5D image centred on the objects' level is the same in both,
+    while its label differs (liver vs lesion) and the other images of a bag of 9 differ."""
+    anatomy, grid, objects, lookalikes, as_lesions = draw(7, thickness)
+    assert lookalikes and len(lookalikes) < len(objects)
+    versions = {}
+    for name, shown in (("tubes", objects), ("lesions", as_lesions)):
+        case = ct.make_abdomen(np.random.default_rng(1), *grid, shown, anatomy)
+        files = {"image": tmp_path / f"{name}.nii", "label": tmp_path / f"{name}-seg.nii"}
+        phantoms._write_case(case, lookalikes if name == "tubes" else set(), files["image"], files["label"])
+        versions[name] = preprocess(files)
+    image, label = versions["tubes"]["image"], versions["tubes"]["label"]
+    level = objects[0].shape.center[2]
+    target = round(float((level - image.affine[2, 3]) / image.affine[2, 2]))
+    depth = image.shape[-1]
+    seen = image_slice_indices(target, depth)
+    assert np.array_equal(image[..., seen], versions["lesions"]["image"][..., seen])
+    assert not np.array_equal(label[..., target], versions["lesions"]["label"][..., target])
+    bag = bag_slice_indices(target, depth, ConfigParser.load_config_file(CONFIGS / "train.json")["bag_size"])
+    others = np.setdiff1d(bag, seen)
+    assert not np.array_equal(image[..., others], versions["lesions"]["image"][..., others])
+
+
+@pytest.mark.parametrize("thickness", [0.7, 2.0, 5.0])
+def test_hu_equal_on_the_slices_read_and_masks_within_the_band_differing_beyond(thickness):
+    anatomy, grid, objects, lookalikes, as_lesions = draw(3, thickness)
+    tubes = ct.make_abdomen(np.random.default_rng(1), *grid, objects, anatomy)
+    blobs = ct.make_abdomen(np.random.default_rng(1), *grid, as_lesions, anatomy)
+    band = phantoms.context_band_mm(grid[1])
+    read = band - ct.blur_reach(grid[1])[2] * thickness  # the farthest slice the target image reads
+    assert read == pytest.approx(thickness * np.ceil(1.5 / thickness - 1e-9))
+    dz = np.abs(ct.ras_grid(*grid)[2].ravel() - objects[0].shape.center[2])
+    assert np.array_equal(tubes.hu[..., dz <= read + 1e-4], blobs.hu[..., dz <= read + 1e-4])
+    assert np.array_equal(tubes.lesions[..., dz <= band + 1e-4], blobs.lesions[..., dz <= band + 1e-4])
+    assert not np.array_equal(tubes.hu[..., dz > band + 1e-4], blobs.hu[..., dz > band + 1e-4])
+    for i in lookalikes:
+        assert not (blobs.lesions[..., dz > band * 1.6] == i + 1).any()  # the lesion ends
+        assert (tubes.lesions[..., dz > band * 1.6] == i + 1).any()  # its look-alike runs on
+
+
+def test_objects_share_a_kept_level_and_never_are_all_lookalikes():
+    counts = []
+    for seed in range(12):
+        thickness = phantoms.THICKNESSES_MM[seed % len(phantoms.THICKNESSES_MM)]
+        anatomy, grid, objects, lookalikes = phantoms._draw_case(np.random.default_rng(seed), SHAPE, thickness, True)
+        z = ct.ras_grid(*grid)[2].ravel()
+        levels = {o.shape.center[2] for o in objects}
+        assert len(levels) == 1
+        offset = (levels.pop() - z[0]) / np.array([thickness, lits.RESAMPLED_THICKNESS_MM])
+        assert np.allclose(offset, np.rint(offset), atol=1e-4)  # a volume slice that resampling keeps
+        assert (1 <= len(lookalikes) < len(objects)) if len(objects) > 1 else not lookalikes
+        counts.append(len(objects))
+    assert max(counts) >= 3
+
+
+def test_labels_and_centres_of_written_lookalikes(tmp_path):
+    anatomy, grid, objects, lookalikes, _ = draw(5, 2.5)
+    case = ct.make_abdomen(np.random.default_rng(1), *grid, objects, anatomy)
+    centres = phantoms._write_case(case, lookalikes, tmp_path / "v.nii", tmp_path / "s.nii")
+    label = np.asarray(nib.load(tmp_path / "s.nii").dataobj)
+    ids = ct.reorient(case.lesions, case.affine, lits.AXCODES)[0]
+    for i in range(len(objects)):
+        assert (label[ids == i + 1] == (lits.LIVER if i in lookalikes else lits.LESION)).all()
+    assert (label == lits.LESION).any() and np.isin(ids, [i + 1 for i in lookalikes]).any()
+    assert sorted(int(ids[tuple(c)]) - 1 for c in centres) == sorted(lookalikes)
+    affine = nib.load(tmp_path / "v.nii").affine
+    for c in centres:
+        world = nib.affines.apply_affine(affine, c)
+        mm = min(np.linalg.norm(world - np.array(objects[i].shape.center)) for i in lookalikes)
+        assert mm <= np.linalg.norm(grid[1])  # within a voxel diagonal of a look-alike's centre
+
+
+def test_context_dataset_is_valid_and_lists_every_volume(tmp_path):
+    root = phantoms.make_phantoms(tmp_path / "ctx", num_cases=3, seed=1, shape=(32, 32, 24), context=True)
+    assert lits.validate(root) == []
+    centres = json.loads((root / LOOKALIKES_NAME).read_text())
+    assert set(centres) == {"volume-0.nii", "volume-1.nii", "volume-2.nii", "test-volume-0.nii"}
+    assert sum(len(found) for found in centres.values()) >= 2
+    for n in range(3):
+        label = np.asarray(nib.load(root / f"segmentation-{n}.nii").dataobj)
+        assert all(label[tuple(c)] == lits.LIVER for c in centres[f"volume-{n}.nii"])
+
+
+def test_default_phantoms_unchanged(tmp_path):
+    root = phantoms.make_phantoms(tmp_path / "d", num_cases=2, seed=3, shape=(24, 24, 16), num_test=1, context=False)
+    assert digest(root) == DEFAULT_DIGEST  # a change of numpy, scipy or nibabel may move it: check that first
+    assert not (root / LOOKALIKES_NAME).exists()
+
+
+def test_cli_context_option(tmp_path):
+    def run(value: str, out: str):
+        cmd = [sys.executable, "-m", "shared", "phantoms", "lits", str(tmp_path / out), "--num_cases", "1"]
+        return subprocess.run(
+            [*cmd, "--num_test", "0", "--shape", "[24,24,12]", "--context", value],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    assert run("true", "on").returncode == 0 and (tmp_path / "on" / LOOKALIKES_NAME).is_file()
+    refused = run("maybe", "bad")
+    assert refused.returncode == 1 and refused.stderr.strip().count("\n") == 0 and "--context true" in refused.stderr
