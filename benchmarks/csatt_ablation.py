@@ -29,17 +29,16 @@ one thread each, fit in 90 minutes; the measured whole run is in the bundle docs
 
 Writes ``<out>/ablation.json`` (settings, every arm and seed) and ``<out>/ablation.md`` (mean +- sd over seeds).
 ``--smoke`` is a tiny run (all arms, 1 seed, 1 epoch, 48 px phantoms, the tiny backbone) to check the pipeline.
+The processes, timings and report files are those of every ablation here (``benchmarks/ablation.py``).
 """
 
 import argparse
+import functools
 import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +46,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.measure import peak_mib, run_child  # noqa: E402
+from benchmarks import ablation  # noqa: E402
 from shared.metrics.deeplesion import FP_RATES  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "cs_att_deeplesion" / "configs"
@@ -124,18 +123,6 @@ def arm_overrides(arm: str, seed: int, data: Path, arm_dir: Path, epochs: int, e
     }
 
 
-def _workflow(config_file, overrides: dict):
-    from monai.bundle.scripts import create_workflow
-
-    return create_workflow(
-        config_file=config_file,
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        run_id="run",
-        **overrides,
-    )
-
-
 def score(eval_dir: Path, data: Path, split: str = "test") -> dict:
     """Sensitivities (3DCE convention) of the bundle's ``detections.json`` on the key slices of ``split``, and the
     look-alikes on those key slices hit (IoU >= 0.5) by a detection kept at the 4 FPs per image operating point."""
@@ -168,69 +155,35 @@ def score(eval_dir: Path, data: Path, split: str = "test") -> dict:
 def run_arm(arm: str, seed: int, data: Path, arm_dir: Path, epochs: int, extra: dict) -> dict:
     """Train one arm with one seed through the bundle, evaluate it on the test split, return its record."""
     overrides = arm_overrides(arm, seed, data, arm_dir, epochs, extra)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    training = _workflow(str(CONFIGS / "train.json"), overrides)
-    trained = check_arm(arm, training.parser.get_parsed_content("train#trainer").network, "trainer's")
-    print(f"arm {arm} seed {seed}: {trained['parameters']:,} parameters, CS-Att blocks {trained['blocks']}", flush=True)
-    training.run()
-    train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
-
-    start = time.perf_counter()
     eval_dir = arm_dir / "eval"
-    configs = [str(CONFIGS / "train.json"), str(CONFIGS / "evaluate.json")]
-    evaluating = _workflow(configs, {**overrides, "output_dir": str(eval_dir), "split": "test", "num_pictures": 0})
-    evaluated = check_arm(arm, evaluating.parser.get_parsed_content("network"), "evaluated")
-    evaluating.run()
-    eval_s = time.perf_counter() - start
+    evaluation = {"output_dir": str(eval_dir), "split": "test", "num_pictures": 0}
+    check = functools.partial(check_arm, arm)
+    evaluated, costs = ablation.train_and_evaluate(CONFIGS, overrides, evaluation, check, f"arm {arm} seed {seed}")
     return {
         "arm": arm,
         "seed": seed,
         "model": ARMS[arm][0],
         **evaluated,
         **score(eval_dir, data),
-        "train_s": train_s,
-        "train_cpu_s": train_cpu_s,  # CPU time of all threads: what free cores would need
-        "eval_s": eval_s,
-        "peak_rss_mib": peak_mib("cpu"),  # this process's own peak: the arm runs alone in it
+        **costs,
         "eval_dir": str(eval_dir),
     }
 
 
-def run_arms(jobs: list[tuple[str, int]], data: Path, out: Path, epochs: int, extra: dict, parallel: int) -> list:
-    """Run every (arm, seed) in a process of its own, ``parallel`` at a time with the cores split between them."""
-    threads = str(max(1, (os.cpu_count() or 1) // parallel))
-    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-
-    def one(arm: str, seed: int) -> dict:
-        arm_dir = out / f"{arm}_seed{seed}"
-        cmd = [sys.executable, __file__, "--arm", arm, "--seed", str(seed), "--data", str(data), "--out", str(arm_dir)]
-        return run_child([*cmd, "--epochs", str(epochs), "--overrides", json.dumps(extra)], env)
-
-    records = []
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        for done in as_completed([pool.submit(one, arm, seed) for arm, seed in jobs]):
-            r = done.result()
-            records.append(r)
-            print(
-                f"done {r['arm']} seed {r['seed']}: sensitivity at 4 FPs {r['sensitivity'][3]:.3f}, look-alikes hit "
-                f"{r['lookalikes_hit_at_4fp']:.3f} ({r['train_s']:.0f} s training, {r['peak_rss_mib']:.0f} MiB)",
-                flush=True,
-            )
-    return records
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def describe(record: dict) -> str:
+    """One line on a finished run."""
+    return (
+        f"sensitivity at 4 FPs {record['sensitivity'][3]:.3f}, look-alikes hit {record['lookalikes_hit_at_4fp']:.3f} "
+        f"({record['train_s']:.0f} s training, {record['peak_rss_mib']:.0f} MiB)"
+    )
 
 
 def summarize(records: list[dict], settings: dict) -> tuple[list[dict], str]:
     """One row per arm (mean and sd over seeds) and the markdown table."""
     rows = []
-    for arm in [a for a in ARMS if any(r["arm"] == a for r in records)]:
-        runs = [r for r in records if r["arm"] == arm]
-        sensitivity = [mean_sd([r["sensitivity"][i] for r in runs]) for i in range(len(FP_RATES))]
-        lookalikes = mean_sd([r["lookalikes_hit_at_4fp"] for r in runs])
+    for arm, runs in ablation.by_arm(records, list(ARMS)):
+        sensitivity = [ablation.mean_sd([r["sensitivity"][i] for r in runs]) for i in range(len(FP_RATES))]
+        lookalikes = ablation.mean_sd([r["lookalikes_hit_at_4fp"] for r in runs])
         rows.append(
             {
                 "arm": arm,
@@ -242,9 +195,7 @@ def summarize(records: list[dict], settings: dict) -> tuple[list[dict], str]:
                 "sensitivity_sd": [sd for _, sd in sensitivity],
                 "lookalikes_hit_at_4fp_mean": lookalikes[0],
                 "lookalikes_hit_at_4fp_sd": lookalikes[1],
-                "train_s": statistics.mean(r["train_s"] for r in runs),
-                "train_cpu_s": statistics.mean(r["train_cpu_s"] for r in runs),
-                "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+                **ablation.costs(runs),
             }
         )
     first = records[0]
@@ -254,21 +205,17 @@ def summarize(records: list[dict], settings: dict) -> tuple[list[dict], str]:
         f"M = {settings['overrides']['num_images']}; {settings['parallel']} process(es) at a time, "
         f"{settings['threads']} thread(s) each. Sensitivity at FPs per image (3DCE convention), mean +- sd over seeds.",
         "",
-        "| model | params | CS-Att blocks | seeds | "
-        + " | ".join(f"{r:g}" for r in FP_RATES)
-        + " | look-alikes hit at 4 FPs | training s (CPU s) | peak RSS MiB |",
-        "|---|---:|---|---:|" + "---|" * len(FP_RATES) + "---|---:|---:|",
     ]
+    columns = [("model", False), ("params", True), ("CS-Att blocks", False), ("seeds", True)]
+    columns += [(f"{r:g}", False) for r in FP_RATES] + [("look-alikes hit at 4 FPs", False)]
+    columns += [("training s (CPU s)", True), ("peak RSS MiB", True)]
+    cells = []
     for r in rows:
         means = [*r["sensitivity_mean"], r["lookalikes_hit_at_4fp_mean"]]
         sds = [*r["sensitivity_sd"], r["lookalikes_hit_at_4fp_sd"]]
-        cells = [f"{m:.3f} +- {sd:.3f}" for m, sd in zip(means, sds)]
-        lines.append(
-            f"| {r['model']} | {r['parameters']:,} | {', '.join(r['blocks']) or 'none'} | {r['seeds']} | "
-            + " | ".join(cells)
-            + f" | {r['train_s']:.0f} ({r['train_cpu_s']:.0f}) | {r['peak_rss_mib']:.0f} |"
-        )
-    return rows, "\n".join(lines) + "\n"
+        described = [r["model"], f"{r['parameters']:,}", ", ".join(r["blocks"]) or "none", str(r["seeds"])]
+        cells.append(described + [f"{m:.3f} +- {sd:.3f}" for m, sd in zip(means, sds)] + ablation.cost_cells(r))
+    return rows, "\n".join(lines + ablation.markdown_table(columns, cells)) + "\n"
 
 
 def make_data(out: Path, cases: int, image_size: int) -> Path:
@@ -283,20 +230,10 @@ def make_data(out: Path, cases: int, image_size: int) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=REPO / "outputs" / "csatt_ablation")
-    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=12, help="training epochs per model")
+    ablation.add_arguments(parser, list(ARMS), REPO / "outputs" / "csatt_ablation", epochs=12, smoke=SMOKE)
     parser.add_argument("--cases", type=int, default=400, help="context phantom series (~20 %% held out for testing)")
     parser.add_argument("--image_size", type=int, default=128, help="phantom series size in pixels")
     parser.add_argument("--num_images", type=int, default=5, choices=[3, 5, 7], help="M, 3-slice images per sample")
-    parser.add_argument("--jobs", type=int, default=2, help="arms trained at the same time (threads split evenly)")
-    parser.add_argument("--args_file", type=Path, help="JSON of bundle overrides applied over the demo sizes")
-    parser.add_argument("--smoke", action="store_true", help="tiny run to check the pipeline: " + json.dumps(SMOKE))
-    parser.add_argument("--arm", choices=list(ARMS), help=argparse.SUPPRESS)  # internal: run one arm in this process
-    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--overrides", type=json.loads, default={}, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.arm:
@@ -313,7 +250,6 @@ def main() -> None:
     data = make_data(out, args.cases, args.image_size)
     parallel = max(1, args.jobs)
     settings = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "arms": args.arms,
         "seeds": args.seeds,
         "epochs": args.epochs,
@@ -321,20 +257,13 @@ def main() -> None:
         "phantom_cases": args.cases,
         "phantom_image_size": args.image_size,
         "overrides": {**DEMO_OVERRIDES, **extra},
-        "parallel": parallel,
-        "threads": max(1, (os.cpu_count() or 1) // parallel),
-        "cpu_count": os.cpu_count(),
-        "load_average_at_start": os.getloadavg(),
-        "machine": platform.platform(),
+        **ablation.machine_settings(parallel),
     }
-    records = run_arms([(a, s) for s in args.seeds for a in args.arms], data, out, args.epochs, extra, parallel)
+    jobs = [(a, s) for s in args.seeds for a in args.arms]
+    records = ablation.run_arms(__file__, jobs, data, out, args.epochs, extra, parallel, describe)
     records.sort(key=lambda r: (list(ARMS).index(r["arm"]), r["seed"]))
     rows, markdown = summarize(records, settings)
-    settings["total_s"] = time.perf_counter() - started
-    markdown += f"\nWhole run: {settings['total_s'] / 60:.1f} min. Command: `{settings['command']}`\n"
-    (out / "ablation.json").write_text(json.dumps({"settings": settings, "table": rows, "runs": records}, indent=1))
-    (out / "ablation.md").write_text(markdown)
-    print(markdown)
+    ablation.write_report(out, settings, rows, records, markdown, started)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,161 @@
+"""What the bundle ablations share (``benchmarks/csatt_ablation.py``, ``benchmarks/va_ablation.py``): every (arm, seed)
+trained through the bundle's ``train.json`` and evaluated through ``evaluate.json`` in a process of its own, the
+network of both checked against the arm's claim, mean +- sd over seeds, the run's settings, and the report files
+``ablation.json`` / ``ablation.md``.
+
+An ablation script runs itself as the child: ``SCRIPT --arm ARM --seed SEED --data DATA --out ARM_DIR --epochs E
+--overrides JSON`` must print the arm's record (a JSON object) as the last line of its stdout (:func:`add_arguments`
+declares those options).
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from benchmarks.measure import peak_mib, run_child
+
+
+def add_arguments(parser: argparse.ArgumentParser, arms: Sequence[str], out: Path, epochs: int, smoke: dict) -> None:
+    """The options every ablation takes (arms, seeds, budget, parallel processes, extra overrides, smoke run) and
+    the internal ones of the child process that runs one arm."""
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--arms", nargs="+", choices=list(arms), default=list(arms))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=epochs, help="training epochs per model")
+    parser.add_argument("--jobs", type=int, default=2, help="arms trained at the same time (threads split evenly)")
+    parser.add_argument("--args_file", type=Path, help="JSON of bundle overrides applied over the demo sizes")
+    parser.add_argument("--smoke", action="store_true", help="tiny run to check the pipeline: " + json.dumps(smoke))
+    parser.add_argument("--arm", choices=list(arms), help=argparse.SUPPRESS)  # internal: run one arm in this process
+    parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", type=json.loads, default={}, help=argparse.SUPPRESS)
+
+
+def workflow(configs: Path, config_file: str | list[str], overrides: dict):
+    """The bundle workflow of ``config_file`` (what ``python -m monai.bundle run`` builds), with ``overrides``."""
+    from monai.bundle.scripts import create_workflow
+
+    return create_workflow(
+        config_file=config_file,
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        run_id="run",
+        **overrides,
+    )
+
+
+def train_and_evaluate(
+    configs: Path, overrides: dict, eval_overrides: dict, check: Callable[[object, str], dict], name: str
+) -> tuple[dict, dict]:
+    """Train with ``train.json`` and ``overrides``, then evaluate with ``evaluate.json`` and ``eval_overrides`` on top;
+    ``check(network, "trainer's" | "evaluated")`` reads each network before it runs (and stops a mislabelled arm).
+    Returns what ``check`` read of the evaluated network and the costs (wall and CPU seconds, this process's peak
+    RSS: the arm runs alone in it)."""
+    start, cpu_start = time.perf_counter(), time.process_time()
+    training = workflow(configs, str(configs / "train.json"), overrides)
+    trained = check(training.parser.get_parsed_content("train#trainer").network, "trainer's")
+    print(f"{name}: {trained}", flush=True)
+    training.run()
+    train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
+
+    start = time.perf_counter()
+    configs_files = [str(configs / "train.json"), str(configs / "evaluate.json")]
+    evaluating = workflow(configs, configs_files, {**overrides, **eval_overrides})
+    evaluated = check(evaluating.parser.get_parsed_content("network"), "evaluated")
+    evaluating.run()
+    costs = {
+        "train_s": train_s,
+        "train_cpu_s": train_cpu_s,  # CPU time of all threads: what free cores would need
+        "eval_s": time.perf_counter() - start,
+        "peak_rss_mib": peak_mib("cpu"),
+    }
+    return evaluated, costs
+
+
+def run_arms(
+    script: str,
+    jobs: list[tuple[str, int]],
+    data: Path,
+    out: Path,
+    epochs: int,
+    extra: dict,
+    parallel: int,
+    describe: Callable[[dict], str],
+) -> list[dict]:
+    """Run ``script``'s child for every (arm, seed) in a process of its own, ``parallel`` at a time with the cores
+    split between them; print ``describe(record)`` as each ends; return the records in the order they ended."""
+    threads = str(max(1, (os.cpu_count() or 1) // parallel))
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+
+    def one(arm: str, seed: int) -> dict:
+        arm_dir = out / f"{arm}_seed{seed}"
+        cmd = [sys.executable, script, "--arm", arm, "--seed", str(seed), "--data", str(data), "--out", str(arm_dir)]
+        return run_child([*cmd, "--epochs", str(epochs), "--overrides", json.dumps(extra)], env)
+
+    records = []
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        for done in as_completed([pool.submit(one, arm, seed) for arm, seed in jobs]):
+            record = done.result()
+            records.append(record)
+            print(f"done {record['arm']} seed {record['seed']}: {describe(record)}", flush=True)
+    return records
+
+
+def by_arm(records: list[dict], arms: Sequence[str]) -> list[tuple[str, list[dict]]]:
+    """``(arm, its records)`` for each of ``arms`` that has records, in the order of ``arms``."""
+    return [(arm, runs) for arm in arms if (runs := [r for r in records if r["arm"] == arm])]
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def costs(runs: list[dict]) -> dict:
+    """Mean training wall and CPU seconds and the largest peak RSS of an arm's runs."""
+    return {
+        "train_s": statistics.mean(r["train_s"] for r in runs),
+        "train_cpu_s": statistics.mean(r["train_cpu_s"] for r in runs),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in runs),
+    }
+
+
+def cost_cells(row: dict) -> list[str]:
+    """The last two cells of a table row: training s (CPU s) and peak RSS MiB."""
+    return [f"{row['train_s']:.0f} ({row['train_cpu_s']:.0f})", f"{row['peak_rss_mib']:.0f}"]
+
+
+def markdown_table(columns: Sequence[tuple[str, bool]], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Lines of a markdown table: ``columns`` are (title, right-aligned), ``rows`` the cells as text."""
+    lines = ["| " + " | ".join(title for title, _ in columns) + " |"]
+    lines.append("|" + "".join("---:|" if right else "---|" for _, right in columns))
+    return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
+
+
+def machine_settings(parallel: int) -> dict:
+    """The command line, the processes and threads, and the machine of a run."""
+    return {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "parallel": parallel,
+        "threads": max(1, (os.cpu_count() or 1) // parallel),
+        "cpu_count": os.cpu_count(),
+        "load_average_at_start": os.getloadavg(),
+        "machine": platform.platform(),
+    }
+
+
+def write_report(out: Path, settings: dict, rows: list[dict], records: list[dict], markdown: str, started: float):
+    """Add the whole run's time (since ``started``, a ``time.perf_counter()``) to ``settings`` and the table, write
+    ``ablation.json`` (settings, table, every run) and ``ablation.md`` in ``out``, and print the table."""
+    settings["total_s"] = time.perf_counter() - started
+    markdown += f"\nWhole run: {settings['total_s'] / 60:.1f} min. Command: `{settings['command']}`\n"
+    (out / "ablation.json").write_text(json.dumps({"settings": settings, "table": rows, "runs": records}, indent=1))
+    (out / "ablation.md").write_text(markdown)
+    print(markdown)

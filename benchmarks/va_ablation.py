@@ -1,0 +1,321 @@
+"""VA against its baseline in miniature (paper 002, Table 2d): the 2.5D Mask R-CNN without volumetric attention, VA
+channel attention only, VA spatial attention only and full VA, trained on the same context phantoms with the same
+budget, several seeds each; lesion Dice per case, lesion false positives per volume and look-alikes hit on the
+held-out volumes.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/va_ablation.py [--out outputs/va_ablation]
+        [--arms baseline channel spatial full] [--seeds 0 1 2] [--epochs 8] [--samples 64] [--cases 24]
+        [--shape 64 64 48] [--jobs 2] [--args_file more_overrides.json] [--smoke]
+
+The data are ``python -m shared phantoms lits --context true`` volumes: liver look-alikes that the target 2.5D image
+cannot tell from lesions but the images of a bag of 9 around it can (``shared.phantoms.lits``). Every arm runs the
+real bundle (``monai.bundle``'s ``create_workflow``, what ``python -m monai.bundle run`` calls) on
+``bundles/va_maskrcnn_lits/configs/train.json``, then ``evaluate.json`` on the held-out quarter of the VA paper's
+75/25 split (the datalist's "validation"; one split for every seed), in a process of its own
+(``benchmarks/ablation.py``). Arms differ only in the knobs ``attention``, ``channel_attention`` and
+``spatial_attention``, given as the lower-case strings the command line gives; the baseline is ``attention false``
+alone. The network the trainer holds, and the one evaluated, are read for their VA blocks, the backbone images each
+target reads and their parameter count (:func:`va_blocks`): an arm whose network is not what it claims stops the
+run. Training validates once, after the last epoch, so ``model.pt`` is the last model: no model is picked on the
+held-out volumes.
+
+The bundle's evaluation writes each held-out volume's prediction in its own space; :func:`score` reads them with the
+LiTS scorer (``shared.metrics.lits``: lesion Dice per case, mean over volumes), counts the lesion false positives
+(predicted lesion components, 26-connected as the scorer's lesions, that touch no reference lesion) and the
+look-alikes hit (a look-alike whose centre voxel, from ``context_lookalikes.json``, is predicted lesion): what
+context should teach.
+
+Demo sizes (``DEMO_OVERRIDES``; the paper's stay the config defaults): those of ``scripts/va_maskrcnn_lits_job.sh``
+(64 px slices, ResNet-18 FPN without pretraining, anchors 8-128 px, 300/100 proposals, 64 RoI samples, lr 0.01) but
+a bag of N = 9 images, the config default: the look-alikes differ from lesions only beyond the reach of a bag of 3
+for most slice thicknesses (bundle docs, "Phantom options"). Budget, equal for every arm: 8 epochs of 64 slices
+(lesion slices over-sampled 3x, batch 2), 24 phantom volumes of 64 x 64 px and 48 slices at 1.5 mm (18 to train,
+6 held out). These sizes are a first guess, NOT measured: the whole run must be sized (<= 90 minutes on 2 cores)
+from a timed arm, alone, before its figures are reported.
+
+Writes ``<out>/ablation.json`` (settings, every arm and seed with its per-volume scores) and ``<out>/ablation.md``
+(mean +- sd over seeds). ``--smoke`` is a tiny run (all arms, 1 seed, 1 epoch of 4 slices, 32 px phantoms) to check
+the pipeline.
+"""
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import ablation  # noqa: E402
+from shared.phantoms.context import LOOKALIKES_NAME  # noqa: E402
+
+CONFIGS = REPO / "bundles" / "va_maskrcnn_lits" / "configs"
+SPLIT_SEED = 0  # the datalist's shuffle: the same held-out volumes for every seed
+
+# arm -> (the model it claims to be, the VA blocks its network must hold, its knobs as the command line gives them)
+ARMS = {
+    "baseline": ("2.5D Mask R-CNN (no VA)", (), {"attention": "false"}),
+    "channel": (
+        "VA Mask R-CNN, channel attention only",
+        ("channel",),
+        {"attention": "true", "channel_attention": "true", "spatial_attention": "false"},
+    ),
+    "spatial": (
+        "VA Mask R-CNN, spatial attention only",
+        ("spatial",),
+        {"attention": "true", "channel_attention": "false", "spatial_attention": "true"},
+    ),
+    "full": (
+        "VA Mask R-CNN (channel + spatial)",
+        ("channel", "spatial"),
+        {"attention": "true", "channel_attention": "true", "spatial_attention": "true"},
+    ),
+}
+
+# CPU demo sizes, the same for every arm (see the module docstring)
+DEMO_OVERRIDES = {
+    "num_workers": 0,
+    "amp": "false",
+    "image_size": 64,
+    "bag_size": 9,
+    "backbone": "resnet18",
+    "pretrained": "false",
+    "frozen_batchnorm": "false",
+    "proposals_train": 300,
+    "proposals_test": 100,
+    "roi_samples": 64,
+    "detections_per_image": 20,
+    "anchor_sizes": [8, 16, 32, 64, 128],
+    "learning_rate": 0.01,
+}
+SMOKE = {"seeds": [0], "epochs": 1, "samples": 4, "cases": 4, "shape": [32, 32, 24]}
+SMOKE_OVERRIDES = {"image_size": 32, "proposals_train": 50, "proposals_test": 20, "roi_samples": 16}
+
+
+def va_blocks(network) -> dict:
+    """The VA blocks (``channel``, ``spatial``) a VA Mask R-CNN holds, the backbone images each target reads (the
+    bag size N with attention, 1 without) and its parameter count, read from the object."""
+    from shared.networks.blocks.volumetric_attention import VolumetricAttention
+
+    found = [m for m in network.modules() if isinstance(m, VolumetricAttention)]
+    return {
+        "blocks": [name for name in ("channel", "spatial") if any(getattr(m, name) for m in found)],
+        "images_per_target": len(network.backbone.image_offsets),
+        "bag_size": network.backbone.bag_size,
+        "parameters": sum(p.numel() for p in network.parameters()),
+    }
+
+
+def check_arm(arm: str, network, what: str) -> dict:
+    """:func:`va_blocks` of ``network``; stops the run if they are not those ``arm`` claims (its blocks, and 1 image
+    per target without VA, the whole bag with it)."""
+    found = va_blocks(network)
+    model, claimed = ARMS[arm][0], list(ARMS[arm][1])
+    if found["blocks"] != claimed:
+        raise SystemExit(f"arm {arm} ({model}): the {what} network holds VA blocks {found['blocks']}, not {claimed}")
+    images = found["bag_size"] if claimed else 1
+    if found["images_per_target"] != images:
+        raise SystemExit(
+            f"arm {arm} ({model}): the {what} network reads {found['images_per_target']} backbone images per target, "
+            f"not {images}"
+        )
+    return found
+
+
+def arm_overrides(arm: str, seed: int, data: Path, arm_dir: Path, epochs: int, extra: dict | None = None) -> dict:
+    """The bundle overrides of one arm and seed: the demo sizes (updated with ``extra``), the budget, one split for
+    every seed, and the arm's attention knobs as the lower-case strings the command line gives."""
+    return {
+        **DEMO_OVERRIDES,
+        **(extra or {}),
+        "dataset_dir": str(data),
+        "cache_dir": str(data.parent / "cache"),  # shared by the arms: each volume preprocessed once
+        "ckpt_dir": str(arm_dir / "models"),
+        "output_dir": str(arm_dir / "runs"),
+        "seed": seed,
+        "datalist#seed": SPLIT_SEED,
+        "epochs": epochs,
+        "val_interval": epochs,  # one validation, after the last epoch: model.pt is the last model
+        **ARMS[arm][2],
+    }
+
+
+def ras_voxels(path: Path, voxels: list) -> np.ndarray:
+    """Voxel indices ``[i, j, k]`` of the image at ``path``, as written, -> their indices once it is reoriented to
+    RAS (as ``shared.metrics.label_volumes.load_ras`` reads it), from the header alone."""
+    import nibabel as nib
+
+    img = nib.load(path)
+    to_ras = np.linalg.inv(nib.orientations.inv_ornt_aff(nib.io_orientation(img.affine), img.shape[:3]))
+    return np.rint(nib.affines.apply_affine(to_ras, np.asarray(voxels, dtype=float).reshape(-1, 3))).astype(int)
+
+
+def lesion_false_positives(pred: np.ndarray, ref: np.ndarray) -> int:
+    """Predicted lesion components (26-connected, as the LiTS scorer's lesions) that touch no reference lesion."""
+    from scipy import ndimage
+
+    from shared.data.lits import LESION
+    from shared.metrics.lits import CONNECTIVITY
+
+    components, count = ndimage.label(pred == LESION, structure=CONNECTIVITY)
+    touching = np.unique(components[(ref == LESION) & (components > 0)])
+    return count - len(touching)
+
+
+def score(pred_dir: Path, entries: list[dict], lookalikes: dict) -> dict:
+    """Lesion Dice per case (the LiTS scorer's, mean over volumes), lesion false positives per volume and the
+    fraction of look-alikes hit (centre voxel predicted lesion) of the predictions in ``pred_dir`` of the datalist
+    ``entries``; ``lookalikes`` is ``context_lookalikes.json`` (image file name -> look-alike centres [i, j, k])."""
+    from shared.data.lits import CLASSES, LESION
+    from shared.metrics import lits
+    from shared.metrics.label_volumes import load_label_pair, pair_cases
+
+    images = {e["case"]: Path(e["image"]).name for e in entries}
+    refs = {e["case"]: Path(e["label"]) for e in entries}
+    pairs = pair_cases(lits.find_predictions(pred_dir), refs, pred_dir, lits.EXPECTED_PREDICTIONS)
+    scores, cases = [], []
+    for case, pred_path, ref_path in pairs:
+        pred, ref, spacing = load_label_pair(pred_path, ref_path, num_labels=len(CLASSES))
+        scores.append(lits.score_case(pred, ref, spacing))
+        centres = ras_voxels(ref_path, lookalikes.get(images[case], []))
+        cases.append(
+            {
+                "case": case,
+                "lesion_dice": scores[-1].dice["lesion"],
+                "lesions": len(scores[-1].lesions),
+                "lesion_false_positives": lesion_false_positives(pred, ref),
+                "lookalikes": len(centres),
+                "lookalikes_hit": int(sum(pred[tuple(c)] == LESION for c in centres)),
+            }
+        )
+    total = sum(c["lookalikes"] for c in cases)
+    return {
+        "volumes": len(cases),
+        "lesions": sum(c["lesions"] for c in cases),
+        "lookalikes": total,
+        "lesion_dice_per_case": lits.summarize(scores)["lesion_dice_per_case"],
+        "lesion_fp_per_volume": float(np.mean([c["lesion_false_positives"] for c in cases])),
+        "lookalikes_hit": sum(c["lookalikes_hit"] for c in cases) / total if total else float("nan"),
+        "cases": cases,
+    }
+
+
+def run_arm(arm: str, seed: int, data: Path, arm_dir: Path, epochs: int, extra: dict) -> dict:
+    """Train one arm with one seed through the bundle, evaluate it on the held-out volumes, return its record."""
+    from shared.data.lits import make_datalist
+
+    overrides = arm_overrides(arm, seed, data, arm_dir, epochs, extra)
+    eval_dir = arm_dir / "eval"
+    evaluation = {"output_dir": str(eval_dir), "split": "validation"}
+    check = functools.partial(check_arm, arm)
+    evaluated, costs = ablation.train_and_evaluate(CONFIGS, overrides, evaluation, check, f"arm {arm} seed {seed}")
+    entries = make_datalist(data, seed=SPLIT_SEED)["validation"]
+    lookalikes = json.loads((data / LOOKALIKES_NAME).read_text())
+    return {
+        "arm": arm,
+        "seed": seed,
+        "model": ARMS[arm][0],
+        **evaluated,
+        **score(eval_dir / "predictions", entries, lookalikes),
+        **costs,
+        "eval_dir": str(eval_dir),
+    }
+
+
+def describe(record: dict) -> str:
+    """One line on a finished run."""
+    return (
+        f"lesion Dice per case {record['lesion_dice_per_case']:.3f}, {record['lesion_fp_per_volume']:.1f} lesion FPs "
+        f"per volume, look-alikes hit {record['lookalikes_hit']:.3f} ({record['train_s']:.0f} s training, "
+        f"{record['peak_rss_mib']:.0f} MiB)"
+    )
+
+
+METRICS = ("lesion_dice_per_case", "lesion_fp_per_volume", "lookalikes_hit")
+
+
+def summarize(records: list[dict], settings: dict) -> tuple[list[dict], str]:
+    """One row per arm (mean and sd over seeds) and the markdown table."""
+    rows = []
+    for arm, runs in ablation.by_arm(records, list(ARMS)):
+        row = {"arm": arm, "model": ARMS[arm][0], "seeds": len(runs)}
+        row |= {key: runs[0][key] for key in ("parameters", "blocks", "images_per_target")}
+        for metric in METRICS:
+            row[f"{metric}_mean"], row[f"{metric}_sd"] = ablation.mean_sd([r[metric] for r in runs])
+        rows.append(row | ablation.costs(runs))
+    first, sizes = records[0], settings["overrides"]
+    lines = [
+        f"Held-out context phantoms: {first['volumes']} volumes (the 25 % quarter of the 75/25 split), "
+        f"{first['lesions']} lesions, {first['lookalikes']} look-alikes; {settings['epochs']} epochs of "
+        f"{sizes['samples_per_epoch']} slices per model; seeds {settings['seeds']}; bag N = {sizes['bag_size']}; "
+        f"{settings['parallel']} process(es) at a time, {settings['threads']} thread(s) each. Lesion Dice per case "
+        "(LiTS), lesion false positives per volume (predicted lesion components touching no lesion), look-alikes hit "
+        "(centre voxel predicted lesion); mean +- sd over seeds.",
+        "",
+    ]
+    columns = [("model", False), ("params", True), ("VA blocks", False), ("images per target", True)]
+    columns += [("seeds", True), ("lesion Dice per case", False), ("lesion FPs per volume", False)]
+    columns += [("look-alikes hit", False), ("training s (CPU s)", True), ("peak RSS MiB", True)]
+    cells = []
+    for r in rows:
+        described = [r["model"], f"{r['parameters']:,}", ", ".join(r["blocks"]) or "none", str(r["images_per_target"])]
+        metrics = [f"{r[f'{m}_mean']:.3f} +- {r[f'{m}_sd']:.3f}" for m in METRICS]
+        cells.append([*described, str(r["seeds"]), *metrics, *ablation.cost_cells(r)])
+    return rows, "\n".join(lines + ablation.markdown_table(columns, cells)) + "\n"
+
+
+def make_data(out: Path, cases: int, shape: list[int]) -> Path:
+    """Context phantom LiTS root for the run, through the command line (written once, reused when present)."""
+    data = out / "lits_context"
+    if not (data / LOOKALIKES_NAME).is_file():
+        cmd = [sys.executable, "-m", "shared", "phantoms", "lits", str(data), "--num_cases", str(cases)]
+        cmd += ["--shape", json.dumps(shape), "--num_test", "0", "--seed", "0", "--context", "true"]
+        subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
+    return data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ablation.add_arguments(parser, list(ARMS), REPO / "outputs" / "va_ablation", epochs=8, smoke=SMOKE)
+    parser.add_argument("--samples", type=int, default=64, help="training slices per epoch")
+    parser.add_argument("--cases", type=int, default=24, help="context phantom volumes (25 %% held out)")
+    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 48], help="phantom rows, cols, 1.5 mm slices")
+    args = parser.parse_args()
+
+    if args.arm:
+        record = run_arm(args.arm, args.seed, args.data, args.out, args.epochs, args.overrides)
+        print(json.dumps(record))  # the last line of stdout: the record run_child reads
+        return
+    extra = {"samples_per_epoch": args.samples, **(json.loads(args.args_file.read_text()) if args.args_file else {})}
+    if args.smoke:
+        args.seeds, args.epochs, args.samples, args.cases, args.shape = (SMOKE[k] for k in SMOKE)
+        extra = {**extra, **SMOKE_OVERRIDES, "samples_per_epoch": args.samples}
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    data = make_data(out, args.cases, args.shape)
+    parallel = max(1, args.jobs)
+    settings = {
+        "arms": args.arms,
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "phantom_cases": args.cases,
+        "phantom_shape": args.shape,
+        "overrides": {**DEMO_OVERRIDES, **extra},
+        **ablation.machine_settings(parallel),
+    }
+    jobs = [(a, s) for s in args.seeds for a in args.arms]
+    records = ablation.run_arms(__file__, jobs, data, out, args.epochs, extra, parallel, describe)
+    records.sort(key=lambda r: (list(ARMS).index(r["arm"]), r["seed"]))
+    rows, markdown = summarize(records, settings)
+    ablation.write_report(out, settings, rows, records, markdown, started)
+
+
+if __name__ == "__main__":
+    main()
