@@ -1,11 +1,11 @@
-"""What the bundle ablations share (``benchmarks/csatt_ablation.py``, ``benchmarks/va_ablation.py``): every (arm, seed)
-trained through the bundle's ``train.json`` and evaluated through ``evaluate.json`` in a process of its own, the
-network of both checked against the arm's claim, mean +- sd over seeds, the run's settings, and the report files
-``ablation.json`` / ``ablation.md``.
+"""What the bundle ablations share (``benchmarks/csatt_ablation.py``, ``benchmarks/va_ablation.py``,
+``benchmarks/msan_ablation.py``): every (arm, seed) trained through the bundle's ``train.json`` and evaluated through
+``evaluate.json`` in a process of its own, the network of both checked against the arm's claim, mean +- sd over
+seeds, the run's settings, and the report files ``ablation.json`` / ``ablation.md``.
 
 An ablation script runs itself as the child: ``SCRIPT --arm ARM --seed SEED --data DATA --out ARM_DIR --epochs E
---overrides JSON`` must print the arm's record (a JSON object) as the last line of its stdout (:func:`add_arguments`
-declares those options).
+--overrides JSON`` (``--iterations I`` where the budget is counted in iterations) must print the arm's record (a JSON
+object) as the last line of its stdout (:func:`add_arguments` declares those options).
 """
 
 import argparse
@@ -22,13 +22,24 @@ from pathlib import Path
 from benchmarks.measure import peak_mib, run_child
 
 
-def add_arguments(parser: argparse.ArgumentParser, arms: Sequence[str], out: Path, epochs: int, smoke: dict) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser,
+    arms: Sequence[str],
+    out: Path,
+    smoke: dict,
+    epochs: int | None = None,
+    iterations: int | None = None,
+) -> None:
     """The options every ablation takes (arms, seeds, budget, parallel processes, extra overrides, smoke run) and
-    the internal ones of the child process that runs one arm."""
+    the internal ones of the child process that runs one arm. The budget per model is ``--epochs`` or
+    ``--iterations``, whichever is given a default here."""
+    if (epochs is None) == (iterations is None):
+        raise ValueError("give the budget as epochs or as iterations, not both")
     parser.add_argument("--out", type=Path, default=out)
     parser.add_argument("--arms", nargs="+", choices=list(arms), default=list(arms))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=epochs, help="training epochs per model")
+    unit, default = ("epochs", epochs) if epochs is not None else ("iterations", iterations)
+    parser.add_argument(f"--{unit}", type=int, default=default, help=f"training {unit} per model")
     parser.add_argument("--jobs", type=int, default=2, help="arms trained at the same time (threads split evenly)")
     parser.add_argument("--args_file", type=Path, help="JSON of bundle overrides applied over the demo sizes")
     parser.add_argument("--smoke", action="store_true", help="tiny run to check the pipeline: " + json.dumps(smoke))
@@ -84,20 +95,22 @@ def run_arms(
     jobs: list[tuple[str, int]],
     data: Path,
     out: Path,
-    epochs: int,
+    budget: int,
     extra: dict,
     parallel: int,
     describe: Callable[[dict], str],
+    unit: str = "epochs",
 ) -> list[dict]:
     """Run ``script``'s child for every (arm, seed) in a process of its own, ``parallel`` at a time with the cores
-    split between them; print ``describe(record)`` as each ends; return the records in the order they ended."""
+    split between them, ``budget`` given as ``--<unit>``; print ``describe(record)`` as each ends; return the records
+    in the order they ended."""
     threads = str(max(1, (os.cpu_count() or 1) // parallel))
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
     def one(arm: str, seed: int) -> dict:
         arm_dir = out / f"{arm}_seed{seed}"
         cmd = [sys.executable, script, "--arm", arm, "--seed", str(seed), "--data", str(data), "--out", str(arm_dir)]
-        return run_child([*cmd, "--epochs", str(epochs), "--overrides", json.dumps(extra)], env)
+        return run_child([*cmd, f"--{unit}", str(budget), "--overrides", json.dumps(extra)], env)
 
     records = []
     with ThreadPoolExecutor(max_workers=parallel) as pool:
@@ -151,11 +164,15 @@ def machine_settings(parallel: int) -> dict:
     }
 
 
-def write_report(out: Path, settings: dict, rows: list[dict], records: list[dict], markdown: str, started: float):
+def write_report(
+    out: Path, settings: dict, rows: list[dict], records: list[dict], markdown: str, started: float, **more: object
+):
     """Add the whole run's time (since ``started``, a ``time.perf_counter()``) to ``settings`` and the table, write
-    ``ablation.json`` (settings, table, every run) and ``ablation.md`` in ``out``, and print the table."""
+    ``ablation.json`` (settings, table, every run, then ``more``'s entries) and ``ablation.md`` in ``out``, and print
+    the table."""
     settings["total_s"] = time.perf_counter() - started
     markdown += f"\nWhole run: {settings['total_s'] / 60:.1f} min. Command: `{settings['command']}`\n"
-    (out / "ablation.json").write_text(json.dumps({"settings": settings, "table": rows, "runs": records}, indent=1))
+    report = {"settings": settings, "table": rows, "runs": records, **more}
+    (out / "ablation.json").write_text(json.dumps(report, indent=1))
     (out / "ablation.md").write_text(markdown)
     print(markdown)
