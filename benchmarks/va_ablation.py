@@ -1,4 +1,4 @@
-"""VA against its baseline in miniature (paper 002, Table 2d): the 2.5D Mask R-CNN without volumetric attention, VA
+"""VA against its baseline in miniature (paper 004, Table 2d): the 2.5D Mask R-CNN without volumetric attention, VA
 channel attention only, VA spatial attention only and full VA, trained on the same context phantoms with the same
 budget, several seeds each; lesion Dice per case, lesion false positives per volume and look-alikes hit on the
 held-out volumes.
