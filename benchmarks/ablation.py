@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from benchmarks.measure import peak_mib, run_child
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def add_arguments(
@@ -47,6 +50,16 @@ def add_arguments(
     parser.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--overrides", type=json.loads, default={}, help=argparse.SUPPRESS)
+
+
+def context_phantoms(data: Path, dataset: str, cases: int, done_marker: str, *options: str) -> Path:
+    """``python -m shared phantoms <dataset> <data> --context true`` (seed 0, ``cases`` cases, ``options``) unless
+    ``data / done_marker`` shows it was written before; returns ``data``."""
+    if not (data / done_marker).is_file():
+        cmd = [sys.executable, "-m", "shared", "phantoms", dataset, str(data), "--num_cases", str(cases), "--seed", "0"]
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        subprocess.run([*cmd, *options, "--context", "true"], cwd=REPO, env=env, check=True)
+    return data
 
 
 def workflow(configs: Path, config_file: str | list[str], overrides: dict):
@@ -92,7 +105,8 @@ def train_and_evaluate(
 
 def run_arms(
     script: str,
-    jobs: list[tuple[str, int]],
+    arms: Sequence[str],
+    seeds: Sequence[int],
     data: Path,
     out: Path,
     budget: int,
@@ -101,9 +115,9 @@ def run_arms(
     describe: Callable[[dict], str],
     unit: str = "epochs",
 ) -> list[dict]:
-    """Run ``script``'s child for every (arm, seed) in a process of its own, ``parallel`` at a time with the cores
+    """Run ``script``'s child for every arm and seed in a process of its own, ``parallel`` at a time with the cores
     split between them, ``budget`` given as ``--<unit>``; print ``describe(record)`` as each ends; return the records
-    in the order they ended."""
+    by arm (in the order of ``arms``) and seed."""
     threads = str(max(1, (os.cpu_count() or 1) // parallel))
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
@@ -114,11 +128,11 @@ def run_arms(
 
     records = []
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        for done in as_completed([pool.submit(one, arm, seed) for arm, seed in jobs]):
+        for done in as_completed([pool.submit(one, arm, seed) for seed in seeds for arm in arms]):
             record = done.result()
             records.append(record)
             print(f"done {record['arm']} seed {record['seed']}: {describe(record)}", flush=True)
-    return records
+    return sorted(records, key=lambda r: (list(arms).index(r["arm"]), r["seed"]))
 
 
 def by_arm(records: list[dict], arms: Sequence[str]) -> list[tuple[str, list[dict]]]:

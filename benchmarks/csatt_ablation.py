@@ -35,8 +35,6 @@ The processes, timings and report files are those of every ablation here (``benc
 import argparse
 import functools
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -220,12 +218,8 @@ def summarize(records: list[dict], settings: dict) -> tuple[list[dict], str]:
 
 def make_data(out: Path, cases: int, image_size: int) -> Path:
     """Context phantom DeepLesion root for the run, through the command line (written once, reused when present)."""
-    data = out / "deeplesion_context"
-    if not (data / "DL_info.csv").is_file():
-        cmd = [sys.executable, "-m", "shared", "phantoms", "deeplesion", str(data), "--num_cases", str(cases)]
-        cmd += ["--image_size", str(image_size), "--seed", "0", "--context", "true"]
-        subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
-    return data
+    options = ("--image_size", str(image_size))
+    return ablation.context_phantoms(out / "deeplesion_context", "deeplesion", cases, "DL_info.csv", *options)
 
 
 def main() -> None:
@@ -259,9 +253,7 @@ def main() -> None:
         "overrides": {**DEMO_OVERRIDES, **extra},
         **ablation.machine_settings(parallel),
     }
-    jobs = [(a, s) for s in args.seeds for a in args.arms]
-    records = ablation.run_arms(__file__, jobs, data, out, args.epochs, extra, parallel, describe)
-    records.sort(key=lambda r: (list(ARMS).index(r["arm"]), r["seed"]))
+    records = ablation.run_arms(__file__, args.arms, args.seeds, data, out, args.epochs, extra, parallel, describe)
     rows, markdown = summarize(records, settings)
     ablation.write_report(out, settings, rows, records, markdown, started)
 

@@ -275,8 +275,9 @@ def main() -> None:
         "overrides": {**DEMO_OVERRIDES, **extra},
         **ablation.machine_settings(parallel),
     }
-    jobs = [(a, s) for s in args.seeds for a in args.arms]
-    records = ablation.run_arms(__file__, jobs, data, out, args.iterations, extra, parallel, describe, "iterations")
+    records = ablation.run_arms(
+        __file__, args.arms, args.seeds, data, out, args.iterations, extra, parallel, describe, "iterations"
+    )
     votes = vote(records, out)
     rows, markdown = summarize(records, votes, settings)
     ablation.write_report(out, settings, rows, records, markdown, started, votes=votes)

@@ -41,8 +41,6 @@ the pipeline.
 import argparse
 import functools
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -272,12 +270,8 @@ def summarize(records: list[dict], settings: dict) -> tuple[list[dict], str]:
 
 def make_data(out: Path, cases: int, shape: list[int]) -> Path:
     """Context phantom LiTS root for the run, through the command line (written once, reused when present)."""
-    data = out / "lits_context"
-    if not (data / LOOKALIKES_NAME).is_file():
-        cmd = [sys.executable, "-m", "shared", "phantoms", "lits", str(data), "--num_cases", str(cases)]
-        cmd += ["--shape", json.dumps(shape), "--num_test", "0", "--seed", "0", "--context", "true"]
-        subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
-    return data
+    options = ("--shape", json.dumps(shape), "--num_test", "0")
+    return ablation.context_phantoms(out / "lits_context", "lits", cases, LOOKALIKES_NAME, *options)
 
 
 def main() -> None:
@@ -310,9 +304,7 @@ def main() -> None:
         "overrides": {**DEMO_OVERRIDES, **extra},
         **ablation.machine_settings(parallel),
     }
-    jobs = [(a, s) for s in args.seeds for a in args.arms]
-    records = ablation.run_arms(__file__, jobs, data, out, args.epochs, extra, parallel, describe)
-    records.sort(key=lambda r: (list(ARMS).index(r["arm"]), r["seed"]))
+    records = ablation.run_arms(__file__, args.arms, args.seeds, data, out, args.epochs, extra, parallel, describe)
     rows, markdown = summarize(records, settings)
     ablation.write_report(out, settings, rows, records, markdown, started)
 
