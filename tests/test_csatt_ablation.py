@@ -1,7 +1,6 @@
 """benchmarks/csatt_ablation.py: every arm reaches the bundle as the model it claims, a mislabelled arm is refused,
 look-alikes are counted at the 4 FPs operating point, and a tiny run writes the table with all arms."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,22 +10,13 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 
+from benchmarks import csatt_ablation as ablation
 from shared.data.deeplesion import read_annotations
 from shared.metrics.deeplesion import key_slices, write_detections
 from shared.networks.three_dce import ThreeDCE
 from shared.phantoms.deeplesion import LOOKALIKES_NAME, make_phantoms
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _ablation():
-    spec = importlib.util.spec_from_file_location("csatt_ablation", REPO / "benchmarks" / "csatt_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ablation = _ablation()
 
 
 @pytest.mark.parametrize("arm", list(ablation.ARMS))

@@ -1,6 +1,5 @@
 """benchmarks/msan_ablation.py: every arm reaches the bundle as the model it claims; a tiny run writes the table."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,19 +9,10 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 
+from benchmarks import msan_ablation as ablation
 from shared.networks.msan import architecture
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _ablation():
-    spec = importlib.util.spec_from_file_location("msan_ablation", REPO / "benchmarks" / "msan_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ablation = _ablation()
 
 
 @pytest.mark.parametrize("arm", list(ablation.ARMS))

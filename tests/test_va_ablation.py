@@ -2,7 +2,6 @@
 alone), a mislabelled arm is refused, the held-out scoring (lesion Dice per case, lesion false positives, look-alikes
 hit) gives the values worked out by hand, and a tiny run writes the table with all four arms."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,19 +13,10 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigParser
 
+from benchmarks import va_ablation as ablation
 from shared.networks.va_rcnn import build_va_mask_rcnn
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _ablation():
-    spec = importlib.util.spec_from_file_location("va_ablation", REPO / "benchmarks" / "va_ablation.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ablation = _ablation()
 
 
 @pytest.mark.parametrize("arm", list(ablation.ARMS))
