@@ -200,3 +200,24 @@ def test_channels_last_puts_detector_weights_in_nhwc_and_keeps_the_losses(tmp_pa
     assert losses[0].keys() == losses[1].keys()
     for name in losses[0]:
         assert torch.allclose(losses[0][name], losses[1][name], rtol=1e-3, atol=1e-5), name
+
+
+def _flushes_denormals() -> bool:
+    """Whether CPU float32 arithmetic now gives 0 for a product in the denormal range (1e-39)."""
+    return (torch.tensor([1e-30]) * 1e-9).item() == 0.0
+
+
+@pytest.fixture
+def denormals_restored():
+    """Keep denormals again after a test that may flush them (torch's default)."""
+    yield
+    torch.set_flush_denormal(False)
+
+
+@pytest.mark.parametrize("typed", ["true", "false"])
+@pytest.mark.parametrize("files", [("train.json",), ("train.json", "evaluate.json"), ("inference.json",)])
+def test_flush_denormal_typed_on_the_command_line_is_set_by_initialize(tmp_path, denormals_restored, files, typed):
+    torch.set_flush_denormal(typed != "true")
+    assert _flushes_denormals() is (typed != "true")
+    _parser("va_maskrcnn_lits", files, tmp_path, flush_denormal=typed).get_parsed_content("initialize")
+    assert _flushes_denormals() is (typed == "true")
