@@ -8,13 +8,14 @@
 # global Dice, lesion Dice by size, CSV + overlay PNG) -> inference on the test volume in the input's space.
 #
 # Demo overrides (the paper's settings stay the config defaults; bundles/va_maskrcnn_lits/docs/README.md gives the
-# full-scale command and the measured figures): 128 px slices instead of 1024 (phantom pixels about 2.7-3.3 mm, so
-# lesions of 6-60 mm are 2-22 px), anchors 4-64 px instead of 32-512 px (the same sizes in mm as at 1024 px of 0.7 mm
-# pixels, roughly); a bag of N = 3 images instead of 9; a ResNet-18 FPN with random weights instead of the
-# COCO-pretrained ResNet-50 (no weights offline: --pretrained false --frozen_batchnorm false); HU window [-100, 200]
-# instead of [-200, 300]; 300/100 RPN proposals, 64 RoIs per image, 20 detections per slice; lr 0.01 at batch 2
-# (the linear rule gives 0.0025) with the config's warm-up and steps at 8/12 and 11/12 of the iterations; lesion
-# slices over-sampled 10x instead of 3x; epochs of 240 sampled slices instead of a pass over the ~1500 training slices.
+# full-scale command and the measured figures): 128 px slices instead of 1024 (phantom pixels 2.2-2.9 mm, so lesions
+# of 6-60 mm are 2-27 px: small < 15 mm 2-7 px, large > 30 mm 10-27 px); anchors 4-64 px (about 10-160 mm here)
+# instead of torchvision's 32-512 px; a bag of N = 3 images instead of 9; a ResNet-18 FPN with random weights instead
+# of the COCO-pretrained ResNet-50 (no weights offline: --pretrained false --frozen_batchnorm false); HU window
+# [-100, 200] instead of [-200, 300]; 300/100 RPN proposals, 64 RoIs per image, 20 detections per slice; lr 0.01 at
+# batch 2 (the linear rule gives 0.0025) with the config's warm-up and steps at 8/12 and 11/12 of the iterations;
+# lesion slices over-sampled 10x instead of 3x; epochs of 240 sampled slices instead of a pass over the ~1500
+# training slices.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT_DIR=$(realpath -m "${1:-$REPO/outputs/va_maskrcnn_lits_job}")
