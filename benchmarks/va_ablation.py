@@ -4,8 +4,8 @@ budget, several seeds each; lesion Dice per case, lesion false positives per vol
 held-out volumes.
 
     PYTHONPATH=. .venv/bin/python benchmarks/va_ablation.py [--out outputs/va_ablation]
-        [--arms baseline channel spatial full] [--seeds 0 1 2] [--epochs 8] [--samples 64] [--cases 24]
-        [--shape 64 64 48] [--jobs 2] [--args_file more_overrides.json] [--smoke]
+        [--arms baseline channel spatial full] [--seeds 0 1 2] [--epochs 4] [--samples 200] [--cases 32]
+        [--shape 128 128 64] [--jobs 2] [--args_file more_overrides.json] [--smoke]
 
 The data are ``python -m shared phantoms lits --context true`` volumes: liver look-alikes that the target 2.5D image
 cannot tell from lesions but the images of a bag of 9 around it can (``shared.phantoms.lits``). Every arm runs the
@@ -26,12 +26,18 @@ look-alikes hit (a look-alike whose centre voxel, from ``context_lookalikes.json
 context should teach.
 
 Demo sizes (``DEMO_OVERRIDES``; the paper's stay the config defaults): those of ``scripts/va_maskrcnn_lits_job.sh``
-(64 px slices, ResNet-18 FPN without pretraining, anchors 8-128 px, 300/100 proposals, 64 RoI samples, lr 0.01) but
-a bag of N = 9 images, the config default: the look-alikes differ from lesions only beyond the reach of a bag of 3
-for most slice thicknesses (bundle docs, "Phantom options"). Budget, equal for every arm: 8 epochs of 64 slices
-(lesion slices over-sampled 3x, batch 2), 24 phantom volumes of 64 x 64 px and 48 slices at 1.5 mm (18 to train,
-6 held out). These sizes are a first guess, NOT measured: the whole run must be sized (<= 90 minutes on 2 cores)
-from a timed arm, alone, before its figures are reported.
+(128 px slices, ResNet-18 FPN without pretraining, anchors 4-64 px, HU window [-100, 200], 300/100 proposals, 64 RoI
+samples, lr 0.01, lesion slices over-sampled 10x) but a bag of N = 9 images, the config default: the look-alikes
+differ from lesions only beyond the reach of a bag of 3 for most slice thicknesses (bundle docs, "Phantom options").
+Data: 32 context phantom volumes of 128 x 128 px and 64 slices at 1.5 mm (24 to train, 8 held out).
+
+Budget, equal for every arm: 4 epochs of 200 slices (400 iterations at batch 2), sized from iterations timed on the
+2-core CPU with two arms at a time on one thread each (as the run goes): 0.75 s per iteration without VA (one
+backbone image per target) and 2.0 s with full VA (nine), so 3 seeds x (baseline + 3 VA arms) take about
+3 x (300 + 3 x 800) s / 2 = 68 minutes of training, plus 24 held-out evaluations. What that budget can show is
+limited: the demo job's N = 3 VA model, trained 960 iterations on plain phantoms, reaches a lesion Dice per case of
+only 0.18 and 240 iterations gave 0.00 (bundle docs, "Measured figures"), so at 400 iterations every arm may still
+detect few lesions. Not run yet.
 
 Writes ``<out>/ablation.json`` (settings, every arm and seed with its per-volume scores) and ``<out>/ablation.md``
 (mean +- sd over seeds). ``--smoke`` is a tiny run (all arms, 1 seed, 1 epoch of 4 slices, 32 px phantoms) to check
@@ -80,7 +86,7 @@ ARMS = {
 DEMO_OVERRIDES = {
     "num_workers": 0,
     "amp": "false",
-    "image_size": 64,
+    "image_size": 128,
     "bag_size": 9,
     "backbone": "resnet18",
     "pretrained": "false",
@@ -89,8 +95,10 @@ DEMO_OVERRIDES = {
     "proposals_test": 100,
     "roi_samples": 64,
     "detections_per_image": 20,
-    "anchor_sizes": [8, 16, 32, 64, 128],
+    "anchor_sizes": [4, 8, 16, 32, 64],
+    "hu_window": [-100, 200],
     "learning_rate": 0.01,
+    "lesion_oversampling": 10,
 }
 SMOKE = {"seeds": [0], "epochs": 1, "samples": 4, "cases": 4, "shape": [32, 32, 24]}
 SMOKE_OVERRIDES = {"image_size": 32, "proposals_train": 50, "proposals_test": 20, "roi_samples": 16}
@@ -276,10 +284,10 @@ def make_data(out: Path, cases: int, shape: list[int]) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ablation.add_arguments(parser, list(ARMS), REPO / "outputs" / "va_ablation", epochs=8, smoke=SMOKE)
-    parser.add_argument("--samples", type=int, default=64, help="training slices per epoch")
-    parser.add_argument("--cases", type=int, default=24, help="context phantom volumes (25 %% held out)")
-    parser.add_argument("--shape", type=int, nargs=3, default=[64, 64, 48], help="phantom rows, cols, 1.5 mm slices")
+    ablation.add_arguments(parser, list(ARMS), REPO / "outputs" / "va_ablation", epochs=4, smoke=SMOKE)
+    parser.add_argument("--samples", type=int, default=200, help="training slices per epoch")
+    parser.add_argument("--cases", type=int, default=32, help="context phantom volumes (25 %% held out)")
+    parser.add_argument("--shape", type=int, nargs=3, default=[128, 128, 64], help="phantom rows, cols, 1.5 mm slices")
     args = parser.parse_args()
 
     if args.arm:
