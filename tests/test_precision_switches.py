@@ -1,5 +1,6 @@
 """The precision and data-loading knobs of the three bundles, read from the real configs as the command line types
-them (strings): ``--amp`` reaches every trainer, evaluator and inferer, ``--tf32`` sets TF32 when a run initializes,
+them (strings): ``--amp`` reaches every trainer, evaluator and inferer, ``--tf32`` sets TF32 when a run initializes
+(and va_maskrcnn_lits's ``--flush_denormal`` flushes denormal floats on the CPU),
 ``--channels_last`` puts a detector's convolution weights in NHWC without changing what it computes, and the training
 and validation loaders keep their workers between epochs and pin memory on CUDA.
 
