@@ -18,17 +18,14 @@
 # about a second per image on a CPU).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-OUT_DIR=$(realpath -m "${1:-$REPO/outputs/cs_att_deeplesion_job}")
+source "$REPO/scripts/job_out_dir.sh"
+OUT_DIR=$(new_out_dir "${1:-$REPO/outputs/cs_att_deeplesion_job}")
 EPOCHS=${EPOCHS:-8}
 NUM_CASES=${NUM_CASES:-288}
 SEED=${SEED:-0}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 CONFIGS=bundles/cs_att_deeplesion/configs
 PY=.venv/bin/python
-if [ -e "$OUT_DIR" ] && { [ ! -d "$OUT_DIR" ] || [ -n "$(ls -A "$OUT_DIR")" ]; }; then
-  echo "$0: $OUT_DIR exists and is not an empty folder; give a new one (the job deletes nothing)" >&2
-  exit 1
-fi
 cd "$REPO"
 bash scripts/setup_env.sh
 mkdir -p "$OUT_DIR"

@@ -18,7 +18,8 @@
 # training slices.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
-OUT_DIR=$(realpath -m "${1:-$REPO/outputs/va_maskrcnn_lits_job}")
+source "$REPO/scripts/job_out_dir.sh"
+OUT_DIR=$(new_out_dir "${1:-$REPO/outputs/va_maskrcnn_lits_job}")
 EPOCHS=${EPOCHS:-8}
 SAMPLES=${SAMPLES:-240}
 NUM_CASES=${NUM_CASES:-32}
@@ -26,10 +27,6 @@ SEED=${SEED:-0}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 CONFIGS=bundles/va_maskrcnn_lits/configs
 PY=.venv/bin/python
-if [ -e "$OUT_DIR" ] && { [ ! -d "$OUT_DIR" ] || [ -n "$(ls -A "$OUT_DIR")" ]; }; then
-  echo "$0: $OUT_DIR exists and is not an empty folder; give a new one (the job deletes nothing)" >&2
-  exit 1
-fi
 cd "$REPO"
 bash scripts/setup_env.sh
 mkdir -p "$OUT_DIR/test_volumes"
