@@ -37,23 +37,24 @@ $PY -m shared phantoms lits "$OUT_DIR/LiTS" --num_cases "$NUM_CASES" --shape "[1
 $PY -m shared validate lits "$OUT_DIR/LiTS"
 ln -s "$OUT_DIR/LiTS/test-volume-0.nii" "$OUT_DIR/test_volumes/test-volume-0.nii"
 
-DEMO=(--dataset_dir "$OUT_DIR/LiTS" --cache_dir "$OUT_DIR/cache" --image_size 128 --bag_size 3 --backbone resnet18
-      --proposals_train 300 --proposals_test 100 --roi_samples 64 --detections_per_image 20
-      --anchor_sizes "[4,8,16,32,64]" --hu_window "[-100, 200]" --pretrained false --frozen_batchnorm false)
+DEMO=(--image_size 128 --bag_size 3 --backbone resnet18 --proposals_train 300 --proposals_test 100 --roi_samples 64
+      --detections_per_image 20 --anchor_sizes "[4,8,16,32,64]" --hu_window "[-100, 200]" --pretrained false
+      --frozen_batchnorm false)
+LABELLED=(--dataset_dir "$OUT_DIR/LiTS" --cache_dir "$OUT_DIR/cache")  # training and evaluation
 
 echo "== evaluation of an untrained network (random weights drawn with the seed; validation quarter)"
 $PY -m monai.bundle run save_untrained --config_file $CONFIGS/train.json "${DEMO[@]}" --seed "$SEED" \
     --save_untrained "\$torch.save(@network_def.state_dict(), '$OUT_DIR/untrained.pt')"
-$PY -m monai.bundle run evaluating --config_file "['$CONFIGS/train.json','$CONFIGS/evaluate.json']" "${DEMO[@]}" \
+$PY -m monai.bundle run evaluating --config_file "['$CONFIGS/train.json','$CONFIGS/evaluate.json']" "${DEMO[@]}" "${LABELLED[@]}" \
     --ckpt_path "$OUT_DIR/untrained.pt" --output_dir "$OUT_DIR/eval_untrained"
 
 echo "== training ($EPOCHS epochs of $SAMPLES slices, lesion slices over-sampled 10x)"
-$PY -m monai.bundle run training --config_file $CONFIGS/train.json "${DEMO[@]}" --seed "$SEED" \
+$PY -m monai.bundle run training --config_file $CONFIGS/train.json "${DEMO[@]}" "${LABELLED[@]}" --seed "$SEED" \
     --ckpt_dir "$OUT_DIR/models" --output_dir "$OUT_DIR/runs" --epochs "$EPOCHS" --samples_per_epoch "$SAMPLES" \
     --val_interval "$EPOCHS" --learning_rate 0.01 --lesion_oversampling 10 --num_workers 0
 
 echo "== evaluation of the trained network (validation quarter of the VA paper's 75/25 split, each volume's own space)"
-$PY -m monai.bundle run evaluating --config_file "['$CONFIGS/train.json','$CONFIGS/evaluate.json']" "${DEMO[@]}" \
+$PY -m monai.bundle run evaluating --config_file "['$CONFIGS/train.json','$CONFIGS/evaluate.json']" "${DEMO[@]}" "${LABELLED[@]}" \
     --ckpt_path "$OUT_DIR/models/model.pt" --output_dir "$OUT_DIR/eval"
 
 echo "== inference (test volume -> label NIfTI in its space)"
