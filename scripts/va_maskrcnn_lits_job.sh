@@ -12,10 +12,11 @@
 # of 6-60 mm are 2-27 px: small < 15 mm 2-7 px, large > 30 mm 10-27 px); anchors 4-64 px (about 10-160 mm here)
 # instead of torchvision's 32-512 px; a bag of N = 3 images instead of 9; a ResNet-18 FPN with random weights instead
 # of the COCO-pretrained ResNet-50 (no weights offline: --pretrained false --frozen_batchnorm false); HU window
-# [-100, 200] instead of [-200, 300]; 300/100 RPN proposals, 64 RoIs per image, 20 detections per slice; lr 0.01 at
-# batch 2 (the linear rule gives 0.0025) with the config's warm-up and steps at 8/12 and 11/12 of the iterations;
-# lesion slices over-sampled 10x instead of 3x; epochs of 240 sampled slices instead of a pass over the ~1500
-# training slices.
+# [-100, 200] instead of [-200, 300]; 300/100 RPN proposals, 64 RoIs per image, 20 detections per slice; AdamW
+# (lr 0.001, weight decay 1e-4, fused) instead of the paper's SGD (lr 0.02 x 2 / 16), with the config's warm-up and
+# steps at 8/12 and 11/12 of the iterations: from random weights it learns the lesions about twice as fast (bundle
+# docs, "Measured figures"); lesion slices over-sampled 10x instead of 3x; epochs of 240 sampled slices instead of a
+# pass over the ~1500 training slices.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 source "$REPO/scripts/job_out_dir.sh"
@@ -41,6 +42,8 @@ DEMO=(--image_size 128 --bag_size 3 --backbone resnet18 --proposals_train 300 --
       --detections_per_image 20 --anchor_sizes "[4,8,16,32,64]" --hu_window "[-100, 200]" --pretrained false
       --frozen_batchnorm false)
 LABELLED=(--dataset_dir "$OUT_DIR/LiTS" --cache_dir "$OUT_DIR/cache")  # training and evaluation
+OPTIMIZER="{'_target_': 'torch.optim.AdamW', 'params': '\$[p for p in @network.parameters() if p.requires_grad]',
+           'lr': '@learning_rate', 'weight_decay': 0.0001, 'fused': True}"  # training only
 
 echo "== evaluation of an untrained network (random weights drawn with the seed; validation quarter)"
 $PY -m monai.bundle run save_untrained --config_file $CONFIGS/train.json "${DEMO[@]}" --seed "$SEED" \
@@ -51,7 +54,7 @@ $PY -m monai.bundle run evaluating --config_file "['$CONFIGS/train.json','$CONFI
 echo "== training ($EPOCHS epochs of $SAMPLES slices, lesion slices over-sampled 10x)"
 $PY -m monai.bundle run training --config_file $CONFIGS/train.json "${DEMO[@]}" "${LABELLED[@]}" --seed "$SEED" \
     --ckpt_dir "$OUT_DIR/models" --output_dir "$OUT_DIR/runs" --epochs "$EPOCHS" --samples_per_epoch "$SAMPLES" \
-    --val_interval "$EPOCHS" --learning_rate 0.01 --lesion_oversampling 10 --num_workers 0
+    --val_interval "$EPOCHS" --optimizer "$OPTIMIZER" --learning_rate 0.001 --lesion_oversampling 10 --num_workers 0
 
 echo "== evaluation of the trained network (validation quarter of the VA paper's 75/25 split, each volume's own space)"
 $PY -m monai.bundle run evaluating --config_file "['$CONFIGS/train.json','$CONFIGS/evaluate.json']" "${DEMO[@]}" "${LABELLED[@]}" \
