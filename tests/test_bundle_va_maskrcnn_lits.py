@@ -208,11 +208,11 @@ def test_train_initialize_needs_no_dataset_and_the_datalist_checks_it(configs, t
 
 def test_train_defaults_are_the_papers(configs):
     """VA paper sec. 3: "all hyperparameters are as in [10] for the Mask-RCNN" (mmdetection's 1x schedule): SGD,
-    momentum 0.9, weight decay 1e-4, lr 0.02 per 16 images scaled linearly to the batch, linear warm-up (500
-    iterations from 1/3), lr / 10 at 8/12 and 11/12 of the iterations, 12 epochs of one pass over the training
-    slices; sec. 3.2: slices scaled to 1024 x 1024 (bilinear), bag of 9 images, feature extractor and RPN from
-    COCO; eq. 3 without a 1/(H*W) scale. Values by hand: batch 2 -> lr 0.0025; 100 iterations per epoch -> 1200
-    iterations, warm-up 100 (500 capped at 1/12 of the schedule), steps at iterations 800 and 1100."""
+    momentum 0.9, weight decay 1e-4, lr 0.02 per 16 images scaled linearly to the batch, linear warm-up (500 iterations
+    from 1/3), lr / 10 at 8/12 and 11/12 of the iterations, 12 epochs of one pass over the training slices; sec. 3.2:
+    slices scaled to 1024 x 1024 (bilinear), bag of 9 images, feature extractor and RPN from COCO, mmdetection's
+    256-channel FPN; eq. 3 without a 1/(H*W) scale. Values by hand: batch 2 -> lr 0.0025; 100 iterations per epoch ->
+    1200 iterations, warm-up 100 (500 capped at 1/12 of the schedule), steps at iterations 800 and 1100."""
     stand_ins = {"train#dataloader": list(range(100)), "train#dataset": list(range(200))}  # 200 training slices
     parser = _parser(configs, "train.json", pretrained="false", **stand_ins)
     parser.get_parsed_content("initialize")
@@ -242,6 +242,7 @@ def test_train_defaults_are_the_papers(configs):
         resize = next(t for t in config.get_parsed_content("preprocessing").transforms if type(t).__name__ == "Resized")
         assert resize.mode[0] == "bilinear" and resize.anti_aliasing[0] is True  # the image (key 0): bilinear
         assert config.get_parsed_content("network_def#spatial_scale") is False
+        assert config["fpn_channels"] == 256  # mmdetection's Mask R-CNN FPN, the COCO checkpoint's width
     defaults = _parser(configs, "train.json")
     assert defaults["pretrained"] is True and defaults.get_parsed_content("frozen_batchnorm") is True
     assert defaults.get_parsed_content("pretrained_path").endswith("models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")

@@ -121,6 +121,22 @@ def test_rcnn_location_and_faster_rcnn_train_one_step():
     assert torch.isfinite(torch.tensor(_train_losses(faster, 1))).all()
 
 
+def test_fpn_channels_set_the_width_of_every_level_block_and_head():
+    """A narrower FPN (a CPU demo size) reaches the VA blocks, the RPN and both RoI heads, and still trains."""
+    model = _tiny(fpn_channels=64)
+    backbone = model.backbone
+    assert backbone.out_channels == 64
+    assert all(block[0].out_channels == 64 for block in backbone.fpn.layer_blocks)
+    assert [block[0].in_channels for block in backbone.fpn.inner_blocks] == [64, 128, 256, 512]  # ResNet-18 stages
+    feats = backbone(torch.rand(1, 9, SIZE, SIZE))
+    assert {v.shape[1] for v in feats.values()} == {64}
+    assert model.rpn.head.conv[0][0].in_channels == 64
+    assert model.roi_heads.box_head.fc6.in_features == 64 * 7 * 7
+    assert model.roi_heads.mask_head[0][0].in_channels == 64
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in _tiny().parameters())
+    assert torch.isfinite(torch.tensor(_train_losses(model, 1))).all()
+
+
 def test_inference_returns_masks_in_input_size():
     model = _tiny().eval()
     image, _ = _sample()

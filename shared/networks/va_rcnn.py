@@ -27,7 +27,7 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from shared.networks.bag_detector import BagDetector, Features
 from shared.networks.blocks.volumetric_attention import VolumetricAttention
@@ -242,16 +242,24 @@ class VAFasterRCNN(BagDetector, FasterRCNN):
     """torchvision ``FasterRCNN`` on a :class:`VABackbone` (built by :func:`build_va_faster_rcnn`)."""
 
 
-def _resnet_fpn(backbone: str, backbone_weights: str | None, trainable_layers: int, frozen_batchnorm: bool | None):
-    """torchvision ResNet-FPN; ``backbone_weights`` is a torchvision weight name (downloads), None for random init."""
+def _resnet_fpn(
+    backbone: str, backbone_weights: str | None, trainable_layers: int, frozen_batchnorm: bool | None, channels: int
+):
+    """torchvision ResNet-FPN with ``channels`` FPN channels (torchvision's is 256); ``backbone_weights`` is a
+    torchvision weight name (downloads), None for random init."""
     weights = torchvision.models.get_weight(backbone_weights) if backbone_weights else None
     frozen = weights is not None if frozen_batchnorm is None else frozen_batchnorm
-    return resnet_fpn_backbone(
+    fpn_backbone = resnet_fpn_backbone(
         backbone_name=backbone,
         weights=weights,
         norm_layer=FrozenBatchNorm2d if frozen else nn.BatchNorm2d,
         trainable_layers=trainable_layers,
     )
+    if channels != fpn_backbone.out_channels:
+        in_channels = [block[0].in_channels for block in fpn_backbone.fpn.inner_blocks]
+        fpn_backbone.fpn = FeaturePyramidNetwork(in_channels, channels, extra_blocks=LastLevelMaxPool())
+        fpn_backbone.out_channels = channels
+    return fpn_backbone
 
 
 def _build(
@@ -270,10 +278,11 @@ def _build(
     trainable_backbone_layers: int,
     frozen_batchnorm: bool | None,
     anchor_sizes: Sequence[int] | None,
+    fpn_channels: int,
     **kwargs,
 ):
     va_backbone = VABackbone(
-        _resnet_fpn(backbone, backbone_weights, trainable_backbone_layers, frozen_batchnorm),
+        _resnet_fpn(backbone, backbone_weights, trainable_backbone_layers, frozen_batchnorm, fpn_channels),
         bag_size,
         attention=attention,
         channel=channel,
@@ -322,6 +331,7 @@ def build_va_mask_rcnn(
     trainable_backbone_layers: int = 5,
     frozen_batchnorm: bool | None = None,
     anchor_sizes: Sequence[int] | None = None,
+    fpn_channels: int = 256,
     **kwargs,
 ) -> VAMaskRCNN:
     """VA Mask R-CNN for LiTS (sec. 3.2): classes background, liver, lesion; bag of 9 images (27 slices), 1024 px.
@@ -333,8 +343,9 @@ def build_va_mask_rcnn(
     ``frozen_batchnorm`` defaults to True with pretrained backbone weights (torchvision's rule); set it True too when
     loading a pretrained checkpoint, False when training from scratch. ``anchor_sizes``: one anchor size (pixels) per
     FPN level, default torchvision's (32, 64, 128, 256, 512), the paper's mmdetection anchors (scale 8 x strides
-    4-64) at 1024 px; smaller images need smaller anchors. ``kwargs`` go to torchvision's ``MaskRCNN``
-    (e.g. ``box_detections_per_img``, ``rpn_batch_size_per_image``).
+    4-64) at 1024 px; smaller images need smaller anchors. ``fpn_channels``: channels of every FPN level and so of the
+    VA blocks, RPN and RoI heads (256, torchvision's and mmdetection's; no COCO checkpoint fits another width).
+    ``kwargs`` go to torchvision's ``MaskRCNN`` (e.g. ``box_detections_per_img``, ``rpn_batch_size_per_image``).
     """
     return _build(
         VAMaskRCNN,
@@ -352,6 +363,7 @@ def build_va_mask_rcnn(
         trainable_backbone_layers,
         frozen_batchnorm,
         anchor_sizes,
+        fpn_channels,
         **kwargs,
     )
 
@@ -371,6 +383,7 @@ def build_va_faster_rcnn(
     trainable_backbone_layers: int = 5,
     frozen_batchnorm: bool | None = None,
     anchor_sizes: Sequence[int] | None = None,
+    fpn_channels: int = 256,
     **kwargs,
 ) -> VAFasterRCNN:
     """VA Faster R-CNN-FPN (sec. 3.3, DeepLesion): bag of 3 images (9 slices), 512 px, ResNet-50.
@@ -394,5 +407,6 @@ def build_va_faster_rcnn(
         trainable_backbone_layers,
         frozen_batchnorm,
         anchor_sizes,
+        fpn_channels,
         **kwargs,
     )
