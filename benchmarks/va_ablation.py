@@ -25,11 +25,11 @@ LiTS scorer (``shared.metrics.lits``: lesion Dice per case, mean over volumes), 
 look-alikes hit (a look-alike whose centre voxel, from ``context_lookalikes.json``, is predicted lesion): what
 context should teach.
 
-Demo sizes (``DEMO_OVERRIDES``; the paper's stay the config defaults): those of ``scripts/va_maskrcnn_lits_job.sh``
-(128 px slices, ResNet-18 FPN without pretraining, anchors 4-64 px, HU window [-100, 200], 300/100 proposals, 64 RoI
-samples, AdamW at lr 0.001, lesion slices over-sampled 10x) but a bag of N = 9 images, the config default: the
-look-alikes differ from lesions only beyond the reach of a bag of 3 for most slice thicknesses (bundle docs, "Phantom
-options").
+Demo sizes (``DEMO_OVERRIDES``; the paper's stay the config defaults): those of ``scripts/va_maskrcnn_lits_job.sh``,
+read from its args file ``scripts/va_maskrcnn_lits_demo_args.json`` (128 px slices, ResNet-18 FPN without
+pretraining, anchors 4-64 px, HU window [-100, 200], 300/100 proposals, 64 RoI samples, AdamW at lr 0.001, lesion
+slices over-sampled 10x), but a bag of N = 9 images, the config default: the look-alikes differ from lesions only
+beyond the reach of a bag of 3 for most slice thicknesses (bundle docs, "Phantom options").
 Data: 32 context phantom volumes of 128 x 128 px and 64 slices at 1.5 mm (24 to train, 8 held out).
 
 Budget, equal for every arm: 4 epochs of 200 slices (400 iterations at batch 2), sized from iterations timed on the
@@ -84,31 +84,9 @@ ARMS = {
     ),
 }
 
-# CPU demo sizes, the same for every arm (see the module docstring)
-DEMO_OVERRIDES = {
-    "num_workers": 0,
-    "amp": "false",
-    "image_size": 128,
-    "bag_size": 9,
-    "backbone": "resnet18",
-    "pretrained": "false",
-    "frozen_batchnorm": "false",
-    "proposals_train": 300,
-    "proposals_test": 100,
-    "roi_samples": 64,
-    "detections_per_image": 20,
-    "anchor_sizes": [4, 8, 16, 32, 64],
-    "hu_window": [-100, 200],
-    "optimizer": {
-        "_target_": "torch.optim.AdamW",
-        "params": "$[p for p in @network.parameters() if p.requires_grad]",
-        "lr": "@learning_rate",
-        "weight_decay": 0.0001,
-        "fused": True,
-    },
-    "learning_rate": 0.001,
-    "lesion_oversampling": 10,
-}
+DEMO_ARGS = REPO / "scripts" / "va_maskrcnn_lits_demo_args.json"
+"""The demo job's sizes, which every arm trains with, but for the bag (see the module docstring)."""
+DEMO_OVERRIDES = {**json.loads(DEMO_ARGS.read_text()), "bag_size": 9, "amp": "false"}
 SMOKE = {"seeds": [0], "epochs": 1, "samples": 4, "cases": 4, "shape": [32, 32, 24]}
 SMOKE_OVERRIDES = {"image_size": 32, "proposals_train": 50, "proposals_test": 20, "roi_samples": 16}
 

@@ -137,3 +137,14 @@ def test_smoke_run_writes_the_table_with_all_arms(tmp_path):
     assert all(0 <= r["lesion_dice_per_case"] <= 1 and r["volumes"] == 1 for r in runs.values())
     markdown = (tmp_path / "ablation.md").read_text()
     assert all(f"| {model} |" in markdown for model, _, _ in ablation.ARMS.values())
+
+
+def test_demo_args_name_settings_the_configs_have():
+    """The demo job's args file (which the ablation trains every arm with) sets only ids that train.json or
+    inference.json declare: a misspelt key would add an unused id and leave the paper's value in force."""
+    demo = json.loads(ablation.DEMO_ARGS.read_text())
+    declared = set()
+    for name in ("train.json", "inference.json"):
+        declared |= set(json.loads((ablation.CONFIGS / name).read_text()))
+    assert set(demo) <= declared, sorted(set(demo) - declared)
+    assert ablation.DEMO_OVERRIDES["bag_size"] == 9 and demo["bag_size"] == 3  # the arms read the config's bag
