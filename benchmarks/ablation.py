@@ -52,13 +52,15 @@ def add_arguments(
     parser.add_argument("--overrides", type=json.loads, default={}, help=argparse.SUPPRESS)
 
 
-def context_phantoms(data: Path, dataset: str, cases: int, done_marker: str, *options: str) -> Path:
-    """``python -m shared phantoms <dataset> <data> --context true`` (seed 0, ``cases`` cases, ``options``) unless
-    ``data / done_marker`` shows it was written before; returns ``data``."""
+def phantoms(
+    data: Path, dataset: str, cases: int, done_marker: str, *options: str, seed: int = 0, context: bool = True
+) -> Path:
+    """``python -m shared phantoms <dataset> <data>`` (``cases`` cases drawn with ``seed``, ``options``, with
+    ``--context true`` when ``context``) unless ``data / done_marker`` shows it was written before; returns ``data``."""
     if not (data / done_marker).is_file():
-        cmd = [sys.executable, "-m", "shared", "phantoms", dataset, str(data), "--num_cases", str(cases), "--seed", "0"]
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        subprocess.run([*cmd, *options, "--context", "true"], cwd=REPO, env=env, check=True)
+        cmd = [sys.executable, "-m", "shared", "phantoms", dataset, str(data), "--num_cases", str(cases)]
+        cmd += ["--seed", str(seed), *options, *(["--context", "true"] if context else [])]
+        subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
     return data
 
 

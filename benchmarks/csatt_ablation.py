@@ -219,7 +219,7 @@ def summarize(records: list[dict], settings: dict) -> tuple[list[dict], str]:
 def make_data(out: Path, cases: int, image_size: int) -> Path:
     """Context phantom DeepLesion root for the run, through the command line (written once, reused when present)."""
     options = ("--image_size", str(image_size))
-    return ablation.context_phantoms(out / "deeplesion_context", "deeplesion", cases, "DL_info.csv", *options)
+    return ablation.phantoms(out / "deeplesion_context", "deeplesion", cases, "DL_info.csv", *options)
 
 
 def main() -> None:

@@ -4,8 +4,8 @@ budget, several seeds each; lesion Dice per case, lesion false positives per vol
 held-out volumes.
 
     PYTHONPATH=. .venv/bin/python benchmarks/va_ablation.py [--out outputs/va_ablation]
-        [--arms baseline channel spatial full] [--seeds 0 1 2] [--epochs 4] [--samples 200] [--cases 32]
-        [--shape 128 128 64] [--jobs 2] [--args_file more_overrides.json] [--smoke]
+        [--arms baseline channel spatial full] [--seeds 0 1 2] [--epochs 4] [--samples 100] [--cases 32]
+        [--shape 128 128 64] [--pretrain_epochs 8] [--jobs 2] [--args_file more_overrides.json] [--smoke]
 
 The data are ``python -m shared phantoms lits --context true`` volumes: liver look-alikes that the target 2.5D image
 cannot tell from lesions but the images of a bag of 9 around it can (``shared.phantoms.lits``). Every arm runs the
@@ -16,8 +16,13 @@ real bundle (``monai.bundle``'s ``create_workflow``, what ``python -m monai.bund
 ``spatial_attention``, given as the lower-case strings the command line gives; the baseline is ``attention false``
 alone. The network the trainer holds, and the one evaluated, are read for their VA blocks, the backbone images each
 target reads and their parameter count (:func:`va_blocks`): an arm whose network is not what it claims stops the
-run. Training validates once, after the last epoch, so ``model.pt`` is the last model: no model is picked on the
-held-out volumes.
+run. Training does not validate; the last model is evaluated: no model is picked on the held-out volumes.
+
+Every arm starts, as the paper's models do (sec. 3.2: feature extractor and RPN "copied from detectors pre-trained
+on the MS-COCO and DeepLesion datasets"), from the backbone and RPN of one detector trained on other data: here the
+2.5D Mask R-CNN without VA, trained once (:func:`pretrain`, seed 0, ``--pretrain_epochs``) on 32 plain phantom
+volumes without look-alikes. The arms load it through the bundle's own ``pretrained`` knobs (batch norm frozen,
+first ResNet stage fixed); their VA blocks and RoI heads start from random weights drawn with the arm's seed.
 
 The bundle's evaluation writes each held-out volume's prediction in its own space; :func:`score` reads them with the
 LiTS scorer (``shared.metrics.lits``: lesion Dice per case, mean over volumes), counts the lesion false positives
@@ -32,14 +37,11 @@ slices over-sampled 10x), but a bag of N = 9 images, the config default: the loo
 beyond the reach of a bag of 3 for most slice thicknesses (bundle docs, "Phantom options").
 Data: 32 context phantom volumes of 128 x 128 px and 64 slices at 1.5 mm (24 to train, 8 held out).
 
-Budget, equal for every arm: 4 epochs of 200 slices (400 iterations at batch 2), sized from iterations timed on the
-2-core CPU with two arms at a time on one thread each (as the run goes): 0.75 s per iteration without VA (one
-backbone image per target) and 2.0 s with full VA (nine), so 3 seeds x (baseline + 3 VA arms) take about
-3 x (300 + 3 x 800) s / 2 = 68 minutes of training, plus 24 held-out evaluations. What that budget can show is
-limited: the demo job's N = 3 VA model, trained 960 iterations on plain phantoms, reaches a lesion Dice per case of
-0.40 with AdamW (0.18 with SGD, and 0.00 after 240 SGD iterations; bundle docs, "Measured figures"), so at 400
-iterations every arm may still detect few lesions. The iterations were timed with SGD; AdamW's fused step costs
-about the same (22 vs 26 ms per iteration at N = 3). Not run yet.
+Budget, equal for every arm: 4 epochs of 100 slices (400 iterations at batch 2) after the shared pre-training of 8
+epochs (800 iterations), sized for the 90 minutes the whole run may take on 2 cores from iterations timed alone with
+2 threads at the demo sizes (FPN 128 channels, training from random weights): 0.35 s without VA and 0.79 s with
+full VA at N = 9. Without the pre-training, 360 iterations from random weights left the baseline with no lesion
+found at all (lesion Dice 0.000, a first run stopped after its first arm).
 
 Writes ``<out>/ablation.json`` (settings, every arm and seed with its per-volume scores) and ``<out>/ablation.md``
 (mean +- sd over seeds). ``--smoke`` is a tiny run (all arms, 1 seed, 1 epoch of 4 slices, 32 px phantoms) to check
@@ -87,7 +89,8 @@ ARMS = {
 DEMO_ARGS = REPO / "scripts" / "va_maskrcnn_lits_demo_args.json"
 """The demo job's sizes, which every arm trains with, but for the bag (see the module docstring)."""
 DEMO_OVERRIDES = {**json.loads(DEMO_ARGS.read_text()), "bag_size": 9, "amp": "false"}
-SMOKE = {"seeds": [0], "epochs": 1, "samples": 4, "cases": 4, "shape": [32, 32, 24]}
+SMOKE = {"seeds": [0], "epochs": 1, "samples": 4, "cases": 4, "shape": [32, 32, 24], "pretrain_epochs": 1}
+PRETRAIN_PHANTOM_SEED = 1  # other volumes than the context phantoms (seed 0)
 SMOKE_OVERRIDES = {"image_size": 32, "proposals_train": 50, "proposals_test": 20, "roi_samples": 16}
 
 
@@ -134,7 +137,7 @@ def arm_overrides(arm: str, seed: int, data: Path, arm_dir: Path, epochs: int, e
         "seed": seed,
         "datalist#seed": SPLIT_SEED,
         "epochs": epochs,
-        "val_interval": epochs,  # one validation, after the last epoch: model.pt is the last model
+        "val_interval": epochs + 1,  # no validation: no model is picked on the held-out volumes
         **ARMS[arm][2],
     }
 
@@ -205,7 +208,8 @@ def run_arm(arm: str, seed: int, data: Path, arm_dir: Path, epochs: int, extra: 
 
     overrides = arm_overrides(arm, seed, data, arm_dir, epochs, extra)
     eval_dir = arm_dir / "eval"
-    evaluation = {"output_dir": str(eval_dir), "split": "validation"}
+    last = str(last_checkpoint(arm_dir, epochs))
+    evaluation = {"output_dir": str(eval_dir), "split": "validation", "ckpt_path": last}
     check = functools.partial(check_arm, arm)
     evaluated, costs = ablation.train_and_evaluate(CONFIGS, overrides, evaluation, check, f"arm {arm} seed {seed}")
     entries = make_datalist(data, seed=SPLIT_SEED)["validation"]
@@ -246,7 +250,9 @@ def summarize(records: list[dict], settings: dict) -> tuple[list[dict], str]:
     lines = [
         f"Held-out context phantoms: {first['volumes']} volumes (the 25 % quarter of the 75/25 split), "
         f"{first['lesions']} lesions, {first['lookalikes']} look-alikes; {settings['epochs']} epochs of "
-        f"{sizes['samples_per_epoch']} slices per model; seeds {settings['seeds']}; bag N = {sizes['bag_size']}; "
+        f"{sizes['samples_per_epoch']} slices per model, each starting from the backbone and RPN of a 2.5D Mask "
+        f"R-CNN trained {settings['pretrain_epochs']} epochs on plain phantoms; seeds {settings['seeds']}; "
+        f"bag N = {sizes['bag_size']}; "
         f"{settings['parallel']} process(es) at a time, {settings['threads']} thread(s) each. Lesion Dice per case "
         "(LiTS), lesion false positives per volume (predicted lesion components touching no lesion), look-alikes hit "
         "(centre voxel predicted lesion); mean +- sd over seeds.",
@@ -266,15 +272,52 @@ def summarize(records: list[dict], settings: dict) -> tuple[list[dict], str]:
 def make_data(out: Path, cases: int, shape: list[int]) -> Path:
     """Context phantom LiTS root for the run, through the command line (written once, reused when present)."""
     options = ("--shape", json.dumps(shape), "--num_test", "0")
-    return ablation.context_phantoms(out / "lits_context", "lits", cases, LOOKALIKES_NAME, *options)
+    return ablation.phantoms(out / "lits_context", "lits", cases, LOOKALIKES_NAME, *options)
+
+
+def last_checkpoint(run_dir: Path, epochs: int) -> Path:
+    """The training state the bundle saves after the last of ``epochs`` (its ``model`` is the last model)."""
+    return run_dir / "models" / f"resume_checkpoint_epoch={epochs}.pt"
+
+
+def pretrain(out: Path, cases: int, shape: list[int], extra: dict, epochs: int) -> Path:
+    """The detector every arm starts from, as the paper's models start from detectors pre-trained on other data
+    (sec. 3.2, Table 2b): the 2.5D Mask R-CNN without VA trained, seed 0, on plain phantom LiTS volumes (no
+    look-alikes; drawn with another seed than the context ones), in this process with all its threads. Each arm copies
+    its backbone and RPN (the bundle's ``pretrained``, batch norm frozen, first ResNet stage fixed) and trains its VA
+    blocks and RoI heads from random weights. Written once, reused when present; returns the checkpoint."""
+    run_dir = out / "pretrain"
+    checkpoint = last_checkpoint(run_dir, epochs)
+    if not checkpoint.is_file():
+        options = ("--shape", json.dumps(shape), "--num_test", "0")
+        marker = f"segmentation-{cases - 1}.nii"  # the last file written
+        data = ablation.phantoms(
+            out / "lits_plain", "lits", cases, marker, *options, seed=PRETRAIN_PHANTOM_SEED, context=False
+        )
+        overrides = {
+            **DEMO_OVERRIDES,
+            **extra,
+            **ARMS["baseline"][2],
+            "dataset_dir": str(data),
+            "cache_dir": str(out / "cache"),
+            "ckpt_dir": str(run_dir / "models"),
+            "output_dir": str(run_dir / "runs"),
+            "seed": 0,
+            "datalist#seed": SPLIT_SEED,
+            "epochs": epochs,
+            "val_interval": epochs + 1,
+        }
+        ablation.workflow(CONFIGS, str(CONFIGS / "train.json"), overrides).run()
+    return checkpoint
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ablation.add_arguments(parser, list(ARMS), REPO / "outputs" / "va_ablation", epochs=4, smoke=SMOKE)
-    parser.add_argument("--samples", type=int, default=200, help="training slices per epoch")
+    parser.add_argument("--samples", type=int, default=100, help="training slices per epoch")
     parser.add_argument("--cases", type=int, default=32, help="context phantom volumes (25 %% held out)")
     parser.add_argument("--shape", type=int, nargs=3, default=[128, 128, 64], help="phantom rows, cols, 1.5 mm slices")
+    parser.add_argument("--pretrain_epochs", type=int, default=8, help="epochs of the detector the arms start from")
     args = parser.parse_args()
 
     if args.arm:
@@ -283,17 +326,20 @@ def main() -> None:
         return
     extra = {"samples_per_epoch": args.samples, **(json.loads(args.args_file.read_text()) if args.args_file else {})}
     if args.smoke:
-        args.seeds, args.epochs, args.samples, args.cases, args.shape = (SMOKE[k] for k in SMOKE)
+        args.seeds, args.epochs, args.samples, args.cases, args.shape, args.pretrain_epochs = SMOKE.values()
         extra = {**extra, **SMOKE_OVERRIDES, "samples_per_epoch": args.samples}
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     data = make_data(out, args.cases, args.shape)
+    pretrained = pretrain(out, args.cases, args.shape, extra, args.pretrain_epochs)
+    extra = {**extra, "pretrained": "true", "pretrained_path": str(pretrained), "frozen_batchnorm": "true"}
     parallel = max(1, args.jobs)
     settings = {
         "arms": args.arms,
         "seeds": args.seeds,
         "epochs": args.epochs,
+        "pretrain_epochs": args.pretrain_epochs,
         "phantom_cases": args.cases,
         "phantom_shape": args.shape,
         "overrides": {**DEMO_OVERRIDES, **extra},

@@ -111,7 +111,7 @@ def test_summary_gives_mean_and_sd_over_seeds():
 
     records = [record("baseline", 0, 0.4, 2.0, 0.5), record("baseline", 1, 0.6, 4.0, 0.3), record("full", 0, 0.7, 1, 0)]
     overrides = {"samples_per_epoch": 64, "bag_size": 9}
-    settings = {"epochs": 8, "seeds": [0, 1], "parallel": 2, "threads": 1, "overrides": overrides}
+    settings = {"epochs": 8, "pretrain_epochs": 5, "seeds": [0, 1], "parallel": 2, "threads": 1, "overrides": overrides}
     rows, markdown = ablation.summarize(records, settings)
     assert [r["arm"] for r in rows] == ["baseline", "full"]
     assert rows[0]["lesion_dice_per_case_mean"] == pytest.approx(0.5)
@@ -119,6 +119,7 @@ def test_summary_gives_mean_and_sd_over_seeds():
     assert "| 2.5D Mask R-CNN (no VA) | 100 | none | 1 | 2 | 0.500 +- 0.141 | 3.000 +- 1.414 |" in markdown
     assert "| VA Mask R-CNN (channel + spatial) | 130 | channel, spatial | 9 | 1 | 0.700 +- 0.000 |" in markdown
     assert "0.400 +- 0.141 | 10 (18) | 501 |" in markdown and "6 volumes" in markdown
+    assert "R-CNN trained 5 epochs on plain phantoms" in markdown
 
 
 @pytest.mark.slow
@@ -135,6 +136,9 @@ def test_smoke_run_writes_the_table_with_all_arms(tmp_path):
     params = {arm: r["parameters"] for arm, r in runs.items()}
     assert params["baseline"] < params["spatial"] < params["channel"] < params["full"]
     assert all(0 <= r["lesion_dice_per_case"] <= 1 and r["volumes"] == 1 for r in runs.values())
+    pretrained = report["settings"]["overrides"]["pretrained_path"]
+    assert pretrained == str(tmp_path / "pretrain" / "models" / "resume_checkpoint_epoch=1.pt")
+    assert (tmp_path / "lits_plain").is_dir() and not (tmp_path / "lits_plain" / "context_lookalikes.json").exists()
     markdown = (tmp_path / "ablation.md").read_text()
     assert all(f"| {model} |" in markdown for model, _, _ in ablation.ARMS.values())
 
