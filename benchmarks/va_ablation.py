@@ -4,7 +4,7 @@ budget, several seeds each; lesion Dice per case, lesion false positives per vol
 held-out volumes.
 
     PYTHONPATH=. .venv/bin/python benchmarks/va_ablation.py [--out outputs/va_ablation]
-        [--arms baseline channel spatial full] [--seeds 0 1 2] [--epochs 4] [--samples 100] [--cases 32]
+        [--arms baseline channel spatial full] [--seeds 0 1 2] [--epochs 4] [--samples 200] [--cases 32]
         [--shape 128 128 64] [--pretrain_epochs 8] [--jobs 2] [--args_file more_overrides.json] [--smoke]
 
 The data are ``python -m shared phantoms lits --context true`` volumes: liver look-alikes that the target 2.5D image
@@ -37,7 +37,7 @@ slices over-sampled 10x), but a bag of N = 9 images, the config default: the loo
 beyond the reach of a bag of 3 for most slice thicknesses (bundle docs, "Phantom options").
 Data: 32 context phantom volumes of 128 x 128 px and 64 slices at 1.5 mm (24 to train, 8 held out).
 
-Budget, equal for every arm: 4 epochs of 100 slices (400 iterations at batch 2) after the shared pre-training of 8
+Budget, equal for every arm: 4 epochs of 200 slices (400 iterations at batch 2) after the shared pre-training of 8
 epochs (800 iterations), sized for the 90 minutes the whole run may take on 2 cores from iterations timed alone with
 2 threads at the demo sizes (FPN 128 channels, training from random weights): 0.35 s without VA and 0.79 s with
 full VA at N = 9. Without the pre-training, 360 iterations from random weights left the baseline with no lesion
@@ -314,7 +314,7 @@ def pretrain(out: Path, cases: int, shape: list[int], extra: dict, epochs: int) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ablation.add_arguments(parser, list(ARMS), REPO / "outputs" / "va_ablation", epochs=4, smoke=SMOKE)
-    parser.add_argument("--samples", type=int, default=100, help="training slices per epoch")
+    parser.add_argument("--samples", type=int, default=200, help="training slices per epoch")
     parser.add_argument("--cases", type=int, default=32, help="context phantom volumes (25 %% held out)")
     parser.add_argument("--shape", type=int, nargs=3, default=[128, 128, 64], help="phantom rows, cols, 1.5 mm slices")
     parser.add_argument("--pretrain_epochs", type=int, default=8, help="epochs of the detector the arms start from")
