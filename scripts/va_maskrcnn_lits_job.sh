@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# va_maskrcnn_lits end to end on phantom LiTS data, CPU-sized (about 13 minutes on 2 idle cores):
+# va_maskrcnn_lits end to end on phantom LiTS data, CPU-sized (about 14 minutes on 2 idle cores):
 #   bash scripts/va_maskrcnn_lits_job.sh [OUT_DIR]     (default: outputs/va_maskrcnn_lits_job; a new or empty folder)
 # Environment: EPOCHS (12), SAMPLES (240 slices per epoch), NUM_CASES (32 labelled phantom volumes), SEED (0: phantoms
 # and network initialisation), OMP_NUM_THREADS (2; use 1 when other jobs share the 2 cores).
