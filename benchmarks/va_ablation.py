@@ -42,6 +42,8 @@ epochs (800 iterations), sized for the 90 minutes the whole run may take on 2 co
 2 threads at the demo sizes (FPN 128 channels, training from random weights): 0.35 s without VA and 0.79 s with
 full VA at N = 9. Without the pre-training, 360 iterations from random weights left the baseline with no lesion
 found at all (lesion Dice 0.000, a first run stopped after its first arm).
+Run once at a8236f9 (46.6 min; table and findings in the bundle docs, "Measured figures"): full VA did not beat
+the baseline at this budget, where no arm learned the lesions well (lesion Dice per case 0.12-0.14).
 
 Writes ``<out>/ablation.json`` (settings, every arm and seed with its per-volume scores) and ``<out>/ablation.md``
 (mean +- sd over seeds). ``--smoke`` is a tiny run (all arms, 1 seed, 1 epoch of 4 slices, 32 px phantoms) to check
