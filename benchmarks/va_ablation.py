@@ -31,10 +31,11 @@ look-alikes hit (a look-alike whose centre voxel, from ``context_lookalikes.json
 context should teach.
 
 Demo sizes (``DEMO_OVERRIDES``; the paper's stay the config defaults): those of ``scripts/va_maskrcnn_lits_job.sh``,
-read from its args file ``scripts/va_maskrcnn_lits_demo_args.json`` (128 px slices, ResNet-18 with a 128-channel
-FPN, anchors 4-64 px, HU window [-100, 200], 300/100 proposals, 64 RoI samples, AdamW at lr 0.001, lesion slices
-over-sampled 10x), but a bag of N = 9 images, the config default (the look-alikes differ from lesions only beyond the
-reach of a bag of 3 for most slice thicknesses: bundle docs, "Phantom options"), and the pre-trained start above.
+read from its args file ``scripts/va_maskrcnn_lits_demo_args.json`` (128 px slices, ResNet-18 with a narrow FPN: 128
+channels for the run below, 64 since, anchors 4-64 px, HU window [-100, 200], 300/100 proposals, 64 RoI samples, AdamW
+at lr 0.001, lesion slices over-sampled 10x), but a bag of N = 9 images, the config default (the look-alikes differ from
+lesions only beyond the reach of a bag of 3 for most slice thicknesses: bundle docs, "Phantom options"), and the
+pre-trained start above.
 Data: 32 context phantom volumes of 128 x 128 px and 64 slices at 1.5 mm (24 to train, 8 held out).
 
 Budget, equal for every arm: 4 epochs of 200 slices (400 iterations at batch 2) after the shared pre-training of 8
