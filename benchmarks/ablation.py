@@ -77,6 +77,11 @@ def workflow(configs: Path, config_file: str | list[str], overrides: dict):
     )
 
 
+def evaluation_workflow(configs: Path, overrides: dict):
+    """The bundle workflow of ``train.json`` + ``evaluate.json`` (what ``monai.bundle run evaluating`` builds)."""
+    return workflow(configs, [str(configs / "train.json"), str(configs / "evaluate.json")], overrides)
+
+
 def train_and_evaluate(
     configs: Path, overrides: dict, eval_overrides: dict, check: Callable[[object, str], dict], name: str
 ) -> tuple[dict, dict]:
@@ -92,8 +97,7 @@ def train_and_evaluate(
     train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
 
     start = time.perf_counter()
-    configs_files = [str(configs / "train.json"), str(configs / "evaluate.json")]
-    evaluating = workflow(configs, configs_files, {**overrides, **eval_overrides})
+    evaluating = evaluation_workflow(configs, {**overrides, **eval_overrides})
     evaluated = check(evaluating.parser.get_parsed_content("network"), "evaluated")
     evaluating.run()
     costs = {

@@ -211,8 +211,7 @@ def run_arm(arm: str, seed: int, data: Path, arm_dir: Path, epochs: int, extra: 
 
     overrides = arm_overrides(arm, seed, data, arm_dir, epochs, extra)
     eval_dir = arm_dir / "eval"
-    last = str(last_checkpoint(arm_dir, epochs))
-    evaluation = {"output_dir": str(eval_dir), "split": "validation", "ckpt_path": last}
+    evaluation = held_out_evaluation(arm_dir, epochs, eval_dir)
     check = functools.partial(check_arm, arm)
     evaluated, costs = ablation.train_and_evaluate(CONFIGS, overrides, evaluation, check, f"arm {arm} seed {seed}")
     entries = make_datalist(data, seed=SPLIT_SEED)["validation"]
@@ -283,6 +282,11 @@ def last_checkpoint(run_dir: Path, epochs: int) -> Path:
     return run_dir / "models" / f"resume_checkpoint_epoch={epochs}.pt"
 
 
+def held_out_evaluation(arm_dir: Path, epochs: int, output_dir: Path | str) -> dict:
+    """Evaluation overrides of a trained arm: its last model on the held-out quarter, written to ``output_dir``."""
+    return {"output_dir": str(output_dir), "split": "validation", "ckpt_path": str(last_checkpoint(arm_dir, epochs))}
+
+
 def pretrain(out: Path, cases: int, shape: list[int], extra: dict, epochs: int) -> Path:
     """The detector every arm starts from, as the paper's models start from detectors pre-trained on other data
     (sec. 3.2, Table 2b): the 2.5D Mask R-CNN without VA trained, seed 0, on plain phantom LiTS volumes (no
@@ -297,19 +301,7 @@ def pretrain(out: Path, cases: int, shape: list[int], extra: dict, epochs: int) 
         data = ablation.phantoms(
             out / "lits_plain", "lits", cases, marker, *options, seed=PRETRAIN_PHANTOM_SEED, context=False
         )
-        overrides = {
-            **DEMO_OVERRIDES,
-            **extra,
-            **ARMS["baseline"][2],
-            "dataset_dir": str(data),
-            "cache_dir": str(out / "cache"),
-            "ckpt_dir": str(run_dir / "models"),
-            "output_dir": str(run_dir / "runs"),
-            "seed": 0,
-            "datalist#seed": SPLIT_SEED,
-            "epochs": epochs,
-            "val_interval": epochs + 1,
-        }
+        overrides = arm_overrides("baseline", 0, data, run_dir, epochs, extra)  # cache: out / "cache", shared
         ablation.workflow(CONFIGS, str(CONFIGS / "train.json"), overrides).run()
     return checkpoint
 

@@ -83,10 +83,8 @@ def arm_weights(run: Path, arm: str, seed: int) -> list[dict]:
     )
     weights = defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp, recorded_slice_weights(weights):
-        checkpoint = va_ablation.last_checkpoint(arm_dir, settings["epochs"])
-        evaluation = {**overrides, "ckpt_path": str(checkpoint), "output_dir": tmp, "split": "validation"}
-        configs = [str(va_ablation.CONFIGS / "train.json"), str(va_ablation.CONFIGS / "evaluate.json")]
-        evaluating = ablation.workflow(va_ablation.CONFIGS, configs, evaluation)
+        evaluation = {**overrides, **va_ablation.held_out_evaluation(arm_dir, settings["epochs"], tmp)}
+        evaluating = ablation.evaluation_workflow(va_ablation.CONFIGS, evaluation)
         network = evaluating.parser.get_parsed_content("network")
         levels = {block: name for name, block in network.backbone.attention.items()}
         evaluating.run()
