@@ -40,7 +40,7 @@ Data: 32 context phantom volumes of 128 x 128 px and 64 slices at 1.5 mm (24 to 
 
 Budget, equal for every arm: 4 epochs of 200 slices (400 iterations at batch 2) after the shared pre-training of 8
 epochs (800 iterations), sized for the 90 minutes the whole run may take on 2 cores from iterations timed alone with
-2 threads at the demo sizes (FPN 128 channels, training from random weights): 0.35 s without VA and 0.79 s with
+2 threads at the demo sizes (FPN 128 channels, training from random weights): 0.34 s without VA and 0.74 s with
 full VA at N = 9. Without the pre-training, 360 iterations from random weights left the baseline with no lesion
 found at all (lesion Dice 0.000, a first run stopped after its first arm).
 Run once at a8236f9 (46.6 min; table and findings in the bundle docs, "Measured figures"): full VA did not beat

@@ -13,7 +13,7 @@
 # of 1024 (phantom pixels 2.2-2.9 mm, so lesions of 6-60 mm are 2-27 px: small < 15 mm 2-7 px, large > 30 mm 10-27 px);
 # anchors 4-64 px (about 10-160 mm here) instead of torchvision's 32-512 px; a bag of N = 3 images instead of 9; a
 # ResNet-18 FPN with random weights instead of the COCO-pretrained ResNet-50 (no weights offline: --pretrained false
-# --frozen_batchnorm false), its FPN 64 channels wide instead of 256 (1.8x faster per iteration, so 15 epochs fit about
+# --frozen_batchnorm false), its FPN 64 channels wide instead of 256 (1.9x faster per iteration, so 15 epochs fit about
 # the time 8 took at 256); HU window [-100, 200] instead of [-200, 300]; 300/100 RPN proposals, 64 RoIs per image, 20
 # detections per slice; AdamW (lr 0.001, weight decay 1e-4, fused) instead of the paper's SGD (lr 0.02 x 2 / 16), with
 # the config's warm-up and steps at 8/12 and 11/12 of the iterations: from random weights it learns the lesions about
