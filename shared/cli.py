@@ -1,4 +1,5 @@
-"""``python -m shared``: command-line tools around the bundles (phantoms, validate, datalist, evaluate, show, pack).
+"""``python -m shared``: command-line tools around the bundles (phantoms, validate, datalist, evaluate, show, summary,
+pack, verify). ``show`` is a group: ``show overlay``, ``show curves``, ``show ablation``, ``show cases``.
 
 Run ``python -m shared <command> --help`` for each command's arguments.
 """
@@ -104,7 +105,7 @@ def evaluate(dataset: str, pred_dir: str, ref_dir: str, out_csv: str | None = No
         print(f"wrote {table.write_csv(out_csv)}")
 
 
-def show(
+def show_overlay(
     image: str,
     label: str,
     pred: str,
@@ -124,6 +125,63 @@ def show(
         image, label, pred, out_png, num_slices=num_slices, window=tuple(window), class_names=class_names
     )
     print(f"wrote {out}")
+
+
+def show_curves(run_dir: str, out_png: str | None = None, loss_tag: str = "train_loss") -> None:
+    """Plot the training loss and the validation metric(s) against the iteration from RUN_DIR's TensorBoard files.
+
+    RUN_DIR is the folder a training run wrote its event files to (train.json's output_dir; a job's OUT_DIR/runs);
+    OUT_PNG defaults to RUN_DIR/training_curves.png. LOSS_TAG is the trainers' loss tag; every other scalar is
+    plotted as a validation metric.
+    """
+    from shared.visualize import save_training_curves_png
+
+    out = Path(run_dir) / "training_curves.png" if out_png is None else Path(out_png)
+    print(f"wrote {save_training_curves_png(run_dir, out, loss_tag=loss_tag)}")
+
+
+def show_ablation(ablation_json: str, out_png: str, metrics: list[str] | str | None = None, title: str | None = None):
+    """Bar chart of mean +- sd per arm from ABLATION_JSON (benchmarks/*_ablation.py's ablation.json) to OUT_PNG.
+
+    METRICS picks the metrics, comma-separated, e.g. lesion_dice_per_case,lookalikes_hit (default: every
+    <metric>_mean / <metric>_sd pair of the table's rows; list-valued ones per entry, e.g. sensitivity@4 of the CS-Att
+    ablation; msan_ablation's 'mean +- sd' columns by name: kidney, tumour).
+    """
+    from shared.visualize import save_ablation_png
+
+    if isinstance(metrics, str):  # "a,b" (or "[a,b]" that fire could not read as a list: names with '@')
+        metrics = [m.strip() for m in metrics.strip("[]").split(",") if m.strip()]
+    chosen = None if metrics is None else [str(m) for m in metrics]
+    print(f"wrote {save_ablation_png(ablation_json, out_png, metrics=chosen, title=title)}")
+
+
+def show_cases(metrics_csv: str, out_png: str, title: str | None = None) -> None:
+    """Per-case Dice bars from an evaluation's METRICS_CSV (kits19_metrics.csv or lits_metrics.csv) to OUT_PNG."""
+    from shared.visualize import save_case_dice_png
+
+    print(f"wrote {save_case_dice_png(metrics_csv, out_png, title=title)}")
+
+
+def summary(
+    dataset: str,
+    trained_dir: str,
+    untrained_dir: str | None = None,
+    seconds: float | None = None,
+    predictions: str | None = None,
+    pictures: list[str] | str | None = None,
+    name: str | None = None,
+) -> None:
+    """Print a job's closing summary: the headline metrics of the evaluations in UNTRAINED_DIR and TRAINED_DIR side
+    by side, the time (SECONDS), and the paths of the metrics, pictures and PREDICTIONS.
+
+    DATASET (kits19, lits or deeplesion) says which file each evaluation wrote (kits19_metrics.csv: kidney and tumour
+    Dice per case; lits_metrics.csv: liver and lesion Dice per case; summary.json: sensitivity at 0.5-16 FPs per
+    image and AP50). PICTURES are listed after the trained evaluation's PNGs; NAME titles the summary.
+    """
+    from shared.engines.reports.summary import job_summary
+
+    shown = [pictures] if isinstance(pictures, str) else list(pictures or ())
+    print(job_summary(dataset, trained_dir, untrained_dir, seconds, predictions, shown, name))
 
 
 def pack(bundle: str, out: str = "dist", ckpt: str | None = None, base_url: str = "", torchscript: bool = True) -> None:
@@ -164,7 +222,13 @@ def main() -> None:
                 "validate": validate,
                 "datalist": datalist,
                 "evaluate": evaluate,
-                "show": show,
+                "show": {
+                    "overlay": show_overlay,
+                    "curves": show_curves,
+                    "ablation": show_ablation,
+                    "cases": show_cases,
+                },
+                "summary": summary,
                 "pack": pack,
                 "verify": verify,
             },

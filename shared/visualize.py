@@ -1,4 +1,5 @@
-"""Pictures for people: segmentation overlays, FROC curves, detections on a slice, attention over CT slices (PNG).
+"""Pictures for people: segmentation overlays, FROC curves, detections on a slice, attention over CT slices, training
+curves (TensorBoard event files), ablation bars (mean +- sd per arm) and per-case Dice bars (PNG).
 
 matplotlib with the Agg backend (no display needed); every PNG is written atomically. Volumes are 3D arrays in
 RAS (x, y, z) with z axial; axial slices are drawn in the radiological convention (patient's right on the
@@ -269,3 +270,236 @@ def save_overlay_png_from_files(
     label = label_array(label_img, label_path, num_labels=None)
     pred = label_array(pred_img, pred_path, num_labels=None)
     return save_overlay_png(image, label, pred, out_path, **{"title": Path(image_path).name, **kwargs})
+
+
+# --- Training runs, ablations and evaluations as charts -------------------------------------------------------------
+
+EVENT_FILES = "events.out.tfevents.*"
+LOSS_TAG = "train_loss"  # the trainers' TensorBoardStatsHandler tag in every bundle's train.json
+
+
+def read_scalars(run_dir: str | os.PathLike) -> dict[str, list[tuple[int, float, float]]]:
+    """``{tag: [(step, value, wall_time), ...]}`` of every scalar in the TensorBoard event files of ``run_dir``, read
+    with tensorboard's own ``EventAccumulator`` (all files of the folder; a restarted run's re-logged steps replace the
+    old ones). FileNotFoundError for a missing folder, InputError for a folder without event files."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from shared.errors import InputError
+
+    folder = Path(run_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"{folder}: no such folder (give the run's TensorBoard folder, train.json's output_dir)"
+        )
+    if not any(folder.glob(EVENT_FILES)):
+        raise InputError(
+            f"{folder}: no TensorBoard event files ({EVENT_FILES}); give the folder a training run wrote them to "
+            "(train.json's output_dir, e.g. OUT_DIR/runs of a job)"
+        )
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    return {
+        tag: [(int(e.step), float(e.value), float(e.wall_time)) for e in events.Scalars(tag)]
+        for tag in events.Tags()["scalars"]
+    }
+
+
+def training_curves(
+    run_dir: str | os.PathLike, loss_tag: str = LOSS_TAG
+) -> tuple[list[tuple[int, float]], dict[str, list[tuple[int, float]]]]:
+    """The loss and the validation metrics of a run's event files against the training iteration.
+
+    Returns ``(loss, metrics)``: ``loss`` the ``(iteration, value)`` pairs of ``loss_tag`` (the trainers log it every
+    iteration); ``metrics`` ``{tag: [(iteration, value), ...]}`` of every other scalar tag. The validators log their
+    metric once per validation with the trainer's epoch as step; each is placed at the last iteration logged before
+    it (by the events' wall times: a validation runs after the last iteration of its epoch), so both share one axis.
+    Without a ``loss_tag`` in the run the metrics keep their own steps.
+    """
+    scalars = read_scalars(run_dir)
+    loss_events = sorted(scalars.pop(loss_tag, []), key=lambda e: e[2])
+    loss_times = np.array([e[2] for e in loss_events])
+    metrics = {}
+    for tag, events in scalars.items():
+        if not loss_events:
+            metrics[tag] = [(step, value) for step, value, _ in events]
+            continue
+        placed = np.searchsorted(loss_times, [e[2] for e in events], side="right") - 1
+        metrics[tag] = [(loss_events[max(int(i), 0)][0], value) for i, (_, value, _) in zip(placed, events)]
+    return [(step, value) for step, value, _ in sorted(loss_events)], metrics
+
+
+def save_training_curves_png(
+    run_dir: str | os.PathLike, out_path: str | os.PathLike, loss_tag: str = LOSS_TAG, title: str | None = None
+) -> Path:
+    """Training loss (each iteration, faint, with its running mean) beside the validation metric(s) against the
+    iteration, from the run's TensorBoard event files (:func:`training_curves`). The PNG is 1100 x 420 pixels."""
+    loss, metrics = training_curves(run_dir, loss_tag)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+    if loss:
+        steps, values = np.array(loss, dtype=float).T
+        left.plot(steps, values, color="tab:blue", alpha=0.3, lw=0.8, label=f"{loss_tag} (each iteration)")
+        window = max(1, len(values) // 50)
+        if window > 1:
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            left.plot(steps[window - 1 :], smooth, color="tab:blue", lw=1.6, label=f"running mean of {window}")
+        left.legend(fontsize=8)
+    else:
+        left.text(0.5, 0.5, f"no '{loss_tag}' in the event files", ha="center", va="center", transform=left.transAxes)
+    left.set_xlabel("iteration")
+    left.set_ylabel("training loss")
+    left.grid(True, alpha=0.3)
+    for tag, points in sorted(metrics.items()):
+        steps, values = np.array(points, dtype=float).reshape(-1, 2).T
+        right.plot(steps, values, "o-", ms=4, label=tag)
+        if len(values):
+            best = int(np.nanargmax(values)) if not np.isnan(values).all() else 0
+            right.annotate(
+                f"{values[best]:.3f}",
+                (steps[best], values[best]),
+                textcoords="offset points",
+                xytext=(0, 6),
+                ha="center",
+                fontsize=8,
+            )
+    if metrics:
+        right.legend(fontsize=8)
+    else:
+        right.text(
+            0.5, 0.5, "no validation metric in the event files", ha="center", va="center", transform=right.transAxes
+        )
+    right.set_xlabel("iteration" if loss else "step")
+    right.set_ylabel("validation metric")
+    right.grid(True, alpha=0.3)
+    folder = Path(run_dir).resolve()
+    fig.suptitle(title or f"training run {folder.parent.name}/{folder.name}", fontsize=11)
+    return _save(fig, out_path)
+
+
+def _mean_sd_items(row: Mapping, fp_rates: Sequence[float] | None) -> dict[str, tuple[float, float]]:
+    """``{metric: (mean, sd)}`` of one ablation table row: ``<metric>_mean`` / ``<metric>_sd`` numbers, lists of them
+    (one metric per entry: ``<metric>@<fp rate>`` when the settings give the rates, else ``<metric>[i]``) and
+    ``"mean +- sd"`` texts (msan_ablation's kidney / tumour columns)."""
+    items = {}
+    for key, value in row.items():
+        if key.endswith("_mean") and f"{key[:-5]}_sd" in row:
+            name, sd = key[:-5], row[f"{key[:-5]}_sd"]
+            if isinstance(value, list):
+                labels = [f"@{r:g}" for r in fp_rates] if fp_rates and len(fp_rates) == len(value) else None
+                for i, (m, s) in enumerate(zip(value, sd)):
+                    items[f"{name}{labels[i] if labels else f'[{i}]'}"] = (float(m), float(s))
+            else:
+                items[name] = (float(value), float(sd))
+        elif isinstance(value, str) and "+-" in value:
+            mean, _, sd = value.partition("+-")
+            try:
+                items[key] = (float(mean), float(sd))
+            except ValueError:
+                pass
+    return items
+
+
+def read_ablation(
+    path: str | os.PathLike, metrics: Sequence[str] | None = None
+) -> tuple[list[str], dict[str, tuple[list[float], list[float]]]]:
+    """The arms and ``{metric: (means, sds)}`` (one entry per arm) of an ablation report (``ablation.json`` of
+    ``benchmarks/*_ablation.py``, or a transcription in its shape): its ``"table"`` rows, named by ``model`` (or
+    ``arm``). ``metrics`` picks and orders them (default: every metric of the first row, see
+    :func:`_mean_sd_items`). InputError naming the file when it is not such a report or lacks a metric."""
+    import json
+
+    from shared.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (give an ablation.json of benchmarks/*_ablation.py)")
+    try:
+        report = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not JSON ({err})") from err
+    rows = report.get("table") if isinstance(report, dict) else None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise InputError(f'{path}: no "table" of rows (the ablation.json that benchmarks/*_ablation.py writes)')
+    fp_rates = (report.get("settings") or {}).get("fp_rates")
+    per_row = [_mean_sd_items(row, fp_rates) for row in rows]
+    names = list(metrics) if metrics else list(per_row[0])
+    if not names:
+        raise InputError(f"{path}: its table rows have no <metric>_mean / <metric>_sd pair")
+    for i, items in enumerate(per_row):
+        missing = [m for m in names if m not in items]
+        if missing:
+            raise InputError(f"{path}: table row {i} has no {', '.join(missing)}; its metrics: {', '.join(items)}")
+    arms = [str(row.get("model", row.get("arm", f"arm {i}"))) for i, row in enumerate(rows)]
+    return arms, {m: ([items[m][0] for items in per_row], [items[m][1] for items in per_row]) for m in names}
+
+
+def save_ablation_png(
+    path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    metrics: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Bars of mean +- sd per arm (error bars: one sd, value written above), one group per metric, from an ablation
+    report (:func:`read_ablation`). The PNG is 900 pixels wide and 450 high."""
+    arms, values = read_ablation(path, metrics)
+    fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
+    width = 0.8 / len(arms)
+    centres = np.arange(len(values))
+    colours = plt.get_cmap("tab10").colors
+    for i, arm in enumerate(arms):
+        x = centres - 0.4 + width * (i + 0.5)
+        means = [values[m][0][i] for m in values]
+        sds = [values[m][1][i] for m in values]
+        bars = ax.bar(x, means, width, yerr=sds, capsize=3, color=colours[i % len(colours)], label=arm)
+        ax.bar_label(bars, labels=[f"{m:.3f}" for m in means], fontsize=7, padding=2)
+    ax.set_xticks(centres, list(values))
+    ax.set_ylabel("mean +- sd over seeds")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(title or Path(path).name, fontsize=11)
+    return _save(fig, out_path)
+
+
+def read_case_dice(path: str | os.PathLike) -> tuple[list[str], dict[str, list[float]]]:
+    """The cases and ``{column: values}`` of the per-case Dice columns (``*_dice`` but the KiTS19 ``mean_dice``) of an
+    evaluation's metrics CSV (``kits19_metrics.csv``, ``lits_metrics.csv``: ``shared.metrics.table.MetricTable``
+    rows; an empty cell, an undefined Dice, is NaN). InputError naming the file without a ``case`` or Dice column."""
+    import csv
+
+    from shared.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (give an evaluation's kits19_metrics.csv or lits_metrics.csv)")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = list(rows[0]) if rows else []
+    dice = [c for c in columns if c.endswith("_dice") and c != "mean_dice"]
+    if "case" not in columns or not dice:
+        raise InputError(f"{path}: no per-case rows with a 'case' and '*_dice' columns (columns: {columns})")
+    try:
+        values = {c: [float(r[c]) if r[c] not in ("", None) else math.nan for r in rows] for c in dice}
+    except ValueError as err:
+        raise InputError(f"{path}: {err}") from err
+    return [r["case"] for r in rows], values
+
+
+def save_case_dice_png(path: str | os.PathLike, out_path: str | os.PathLike, title: str | None = None) -> Path:
+    """Per-case Dice bars (one colour per region, the mean over cases dashed) from an evaluation's metrics CSV
+    (:func:`read_case_dice`). The PNG is 900 x 420 pixels."""
+    cases, values = read_case_dice(path)
+    fig, ax = plt.subplots(figsize=(9, 4.2), layout="constrained")
+    width = 0.8 / len(values)
+    x = np.arange(len(cases))
+    for i, (column, dice) in enumerate(values.items()):
+        colour = plt.get_cmap("tab10").colors[i]
+        mean = float(np.nanmean(dice)) if not np.isnan(dice).all() else math.nan
+        name = column.removesuffix("_dice")
+        ax.bar(x - 0.4 + width * (i + 0.5), np.nan_to_num(dice), width, color=colour, label=f"{name} (mean {mean:.3f})")
+        ax.axhline(mean, color=colour, ls="--", lw=1)
+    ax.set_xticks(x, cases, rotation=45, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("Dice")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title or f"Dice per case: {Path(path).name}", fontsize=11)
+    return _save(fig, out_path)

@@ -61,7 +61,7 @@ def test_unknown_dataset_lists_the_datasets(command, tmp_path):
 
 def test_show_of_a_missing_file_names_it(tmp_path):
     missing = tmp_path / "image.nii.gz"
-    line = _one_line_error(_cli("show", str(missing), str(missing), str(missing), str(tmp_path / "out.png")))
+    line = _one_line_error(_cli("show", "overlay", str(missing), str(missing), str(missing), str(tmp_path / "out.png")))
     assert str(missing) in line
     assert not (tmp_path / "out.png").exists()
 

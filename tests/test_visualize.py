@@ -1,4 +1,4 @@
-"""Pictures: sizes, colours where boxes and labels are drawn, radiological orientation, slice choice, `show` CLI."""
+"""Pictures: sizes, colours where boxes and labels are drawn, radiological orientation, slice choice, `show overlay` CLI."""
 
 import subprocess
 import sys
@@ -175,7 +175,7 @@ def test_show_cli_reorients_nifti_and_names_bad_files(tmp_path, repo_root):
         paths[name] = tmp_path / f"{name}.nii.gz"
         nifti(on_disk, aff).to_filename(paths[name])
     out = tmp_path / "show.png"
-    command = [sys.executable, "-m", "shared", "show", paths["image"], paths["label"], paths["pred"], out]
+    command = [sys.executable, "-m", "shared", "show", "overlay", paths["image"], paths["label"], paths["pred"], out]
     done = subprocess.run([*map(str, command), "--num_slices", "2"], cwd=repo_root, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert _pixels(out).shape == (2 * 320 + 90, 640, 3)
