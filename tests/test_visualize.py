@@ -1,4 +1,5 @@
-"""Pictures: sizes, colours where boxes and labels are drawn, radiological orientation, slice choice, `show overlay` CLI."""
+"""Pictures: sizes, colours where boxes and labels are drawn, radiological orientation, slice choice, `show overlay`
+CLI."""
 
 import subprocess
 import sys
