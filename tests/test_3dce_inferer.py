@@ -4,6 +4,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 
 from shared.engines.inferers.deeplesion import run_inference
@@ -106,3 +107,45 @@ def test_box_label_inferer_as_served_equals_the_box_volume_of_detect_volume(repo
     got = parser.get_parsed_content("postprocessing")(data)["pred"]
     assert tuple(got.shape) == (1, *want.shape)
     np.testing.assert_array_equal(got[0].numpy(), want)
+
+
+def _inference_parser(repo_root, **overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(repo_root / "bundles" / "cs_att_deeplesion" / "configs" / "inference.json"))
+    tiny = {"device": "cpu", "num_images": 3, "backbone": "tiny", "network_def#fc_channels": 32, "amp": "false"}
+    parser.update({**tiny, "label_threshold": 0.0, "min_score": 0.0, **overrides})
+    parser.parse()
+    return parser
+
+
+def test_inference_output_knobs_name_and_type_the_box_volume(repo_root, tmp_path):
+    """inference.json's top-level output_ext, output_dtype and output_postfix (the model zoo's knobs, as the two other
+    bundles have them) reach the box volume's writer: the defaults give ct_boxes.nii.gz in uint8, other values
+    another name, format and dtype."""
+    volumes = tmp_path / "in"
+    volumes.mkdir()
+    nib.save(nib.Nifti1Image(_volume((32, 24, 6)), np.diag([0.8, 0.8, 2.0, 1.0])), str(volumes / "ct.nii.gz"))
+    defaults = _inference_parser(repo_root, dataset_dir=str(volumes), output_dir=str(tmp_path / "default"))
+    assert (defaults["output_ext"], defaults["output_postfix"]) == (".nii.gz", "boxes")
+    defaults.get_parsed_content("evaluator")()
+    written = nib.load(str(tmp_path / "default" / "ct_boxes.nii.gz"))
+    assert written.get_data_dtype() == np.uint8
+
+    knobs = {"output_ext": ".nii", "output_dtype": "$numpy.int16", "output_postfix": "bbox"}
+    parser = _inference_parser(repo_root, dataset_dir=str(volumes), output_dir=str(tmp_path / "knobs"), **knobs)
+    parser.get_parsed_content("evaluator")()
+    assert sorted(p.name for p in (tmp_path / "knobs").iterdir()) == ["ct_bbox.nii", "detections.json"]
+    written = nib.load(str(tmp_path / "knobs" / "ct_bbox.nii"))
+    assert written.get_data_dtype() == np.int16 and written.shape == (32, 24, 6)
+
+
+def test_a_box_volume_extension_nibabel_cannot_write_is_refused_before_any_work(tmp_path):
+    from shared.engines.inferers.volume_boxes import box_volume_name
+    from shared.errors import InputError
+
+    assert box_volume_name("ct", "", "nii") == "ct.nii"
+    with pytest.raises(InputError, match="output_ext '.nrrd': the box volume is a NIfTI file"):
+        run_inference(_model(), tmp_path, tmp_path / "out", LoadDeepLesionSampled(num_images=3), output_ext=".nrrd")
+    assert not (tmp_path / "out").exists()

@@ -9,8 +9,8 @@ Every input volume is checked (``volume_entries``) and the output folder probed 
 inference config builds :class:`DetectionInputs` as its ``dataset`` and :func:`detect_inputs` as its ``evaluator``
 (MONAI's inference workflow properties).
 Output, each file written atomically: ``detections.json`` in the format of ``shared.metrics.deeplesion`` (``series``
-is the volume name for volumes), optionally ``<volume>_boxes.nii.gz`` with the box outlines drawn as label 1 in the
-input's space.
+is the volume name for volumes), optionally ``<volume>_boxes.nii.gz`` (``output_postfix``, ``output_ext``,
+``output_dtype``) with the box outlines drawn as label 1 in the input's space.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from shared.engines.inferers.volume_boxes import VolumeDetectionInferer, detect_volume
+from shared.engines.inferers.volume_boxes import VolumeDetectionInferer, box_volume_name, detect_volume
 from shared.engines.precision import autocast
 from shared.engines.volume_io import volume_entries, writable_output_dir, writing_to
 from shared.transforms.deeplesion import LoadDeepLesionSampled, prepare_entries
@@ -92,13 +93,18 @@ def detect_inputs(
     label_threshold: float | None = 0.5,
     min_score: float = 0.05,
     amp: bool = False,
+    output_postfix: str = "boxes",
+    output_ext: str = ".nii.gz",
+    output_dtype: np.dtype | type = np.uint8,
 ) -> Path:
     """Detect on ``inputs`` and write ``<output_dir>/detections.json``: on DeepLesion key slices all boxes (for FROC
     scoring), on volumes the boxes scoring >= ``min_score``, with the label NIfTIs of boxes scoring >=
-    ``label_threshold`` unless it is None. ``amp``: the model runs in float16 autocast on a GPU."""
+    ``label_threshold`` unless it is None (``<volume>_<output_postfix><output_ext>`` in ``output_dtype``). ``amp``:
+    the model runs in float16 autocast on a GPU."""
     from shared.metrics.deeplesion import write_detections
 
     out_dir = Path(output_dir)
+    box_volume_name("volume", output_postfix, output_ext)  # a bad output_ext stops the run before any work
     entries = inputs.entries  # every input checked before the output folder is touched
     writable_output_dir(out_dir)
     if inputs.is_deeplesion:
@@ -108,7 +114,8 @@ def detect_inputs(
         inferer = VolumeDetectionInferer(inputs.loader.params, batch_size, amp)
         detections = []
         for path in (Path(entry["image"]) for entry in entries):
-            detections += detect_volume(model, path, inferer, out_dir, label_threshold, min_score)
+            written = (output_postfix, output_ext, output_dtype)
+            detections += detect_volume(model, path, inferer, out_dir, label_threshold, min_score, *written)
             logger.info("%s: %s", path.name, inferer.stats)
     with writing_to(out_dir):
         return write_detections(out_dir / "detections.json", detections)
@@ -124,8 +131,9 @@ def run_inference(
     label_threshold: float | None = 0.5,
     min_score: float = 0.05,
     amp: bool = False,
+    **written,
 ) -> Path:
     """:func:`detect_inputs` on the :class:`DetectionInputs` of ``dataset_dir`` (a DeepLesion root's ``split``, or
-    CT volumes)."""
+    CT volumes); ``written``: its ``output_postfix``, ``output_ext``, ``output_dtype``."""
     inputs = DetectionInputs(dataset_dir, split, loader)
-    return detect_inputs(model, inputs, output_dir, batch_size, label_threshold, min_score, amp)
+    return detect_inputs(model, inputs, output_dir, batch_size, label_threshold, min_score, amp, **written)

@@ -3,7 +3,8 @@
 :class:`VolumeDetectionInferer` builds each 3-slice image of the 2 mm context by linear interpolation in the volume,
 computes its backbone features once and keeps them while neighbouring key slices need them. :func:`detect_volume`
 gives the detections of one volume file with the slice index and box in the input's array, and world coordinates,
-optionally writing ``<volume>_boxes.nii.gz`` with the box outlines drawn as label 1 in the input's space.
+optionally writing ``<volume>_boxes.nii.gz`` (``<volume>_<output_postfix><output_ext>`` in ``output_dtype``, the model
+zoo's inference knobs) with the box outlines drawn as label 1 in the input's space.
 
 :class:`BoxLabelInferer` draws the same box volume as a MONAI ``Inferer`` (``inferer(inputs, network)``), the form
 MONAI Label serves (inference.json's ``preprocessing`` / ``inferer`` / ``postprocessing``, docs/monailabel.md).
@@ -159,6 +160,22 @@ class BoxLabelInferer(Inferer):
         return MetaTensor(torch.from_numpy(outlines.astype(np.float32))[None, None], affine=affine)
 
 
+NIFTI_EXTS = (".nii", ".nii.gz")
+
+
+def box_volume_name(volume: str, output_postfix: str = "boxes", output_ext: str = ".nii.gz") -> str:
+    """``<volume>_<output_postfix><output_ext>`` (no ``_`` for an empty postfix, as MONAI's ``SaveImage``); an
+    ``output_ext`` other than NIfTI's is an InputError (the box volume is written by nibabel as NIfTI)."""
+    from shared.errors import InputError
+
+    ext = "." + str(output_ext).lstrip(".")
+    if ext not in NIFTI_EXTS:
+        raise InputError(
+            f"output_ext {output_ext!r}: the box volume is a NIfTI file, give one of {', '.join(NIFTI_EXTS)}"
+        )
+    return f"{volume}_{output_postfix}{ext}" if output_postfix else f"{volume}{ext}"
+
+
 def detect_volume(
     model: torch.nn.Module,
     path: Path,
@@ -166,9 +183,12 @@ def detect_volume(
     output_dir: Path | None = None,
     label_threshold: float | None = None,
     min_score: float = 0.05,
+    output_postfix: str = "boxes",
+    output_ext: str = ".nii.gz",
+    output_dtype: np.dtype | type = np.uint8,
 ) -> list[dict]:
-    """Detections scoring >= ``min_score`` of one volume as JSON-ready dicts; with ``label_threshold`` also
-    ``<name>_boxes.nii.gz``.
+    """Detections scoring >= ``min_score`` of one volume as JSON-ready dicts; with ``label_threshold`` also the box
+    volume ``<name>_<output_postfix><output_ext>`` (default ``<name>_boxes.nii.gz``) in ``output_dtype``.
 
     Each dict: ``series`` (volume name), ``slice`` (index along the input array's axial axis ``axis``), ``box``
     (pixels of that slice shown radiologically: x towards patient left, y towards posterior), ``score``,
@@ -207,6 +227,7 @@ def detect_volume(
         label_volume = apply_orientation(
             outlines, ornt_transform(axcodes2ornt(WORKING_AXCODES), io_orientation(affine))
         )
-        with writing_to(output_dir), atomic_path(Path(output_dir) / f"{name}_boxes.nii.gz") as tmp:
-            nib.save(nib.Nifti1Image(label_volume.astype(np.uint8), affine), str(tmp))
+        target = Path(output_dir) / box_volume_name(name, output_postfix, output_ext)
+        with writing_to(output_dir), atomic_path(target) as tmp:
+            nib.save(nib.Nifti1Image(label_volume.astype(output_dtype), affine), str(tmp))
     return out
