@@ -4,7 +4,9 @@
 # Environment: EPOCHS (8), NUM_CASES (288 phantom series), SEED (0: phantoms and network initialisation),
 # OMP_NUM_THREADS (2; use 1 when other jobs share the 2 cores: two threads fighting them ran 2-3x slower).
 # Steps: environment -> phantom DeepLesion (PNG + DL_info.csv) -> evaluation of the untrained network -> a short
-# 3DCE + CS-Att training -> evaluation of the trained network on the test split, ending with the sensitivity table (0.5-16 FPs per image) and the CS-Att Table 2 groups (docs/README.md, "Demo run").
+# 3DCE + CS-Att training -> evaluation of the trained network on the test split (the sensitivity table at 0.5-16 FPs
+# per image, the CS-Att Table 2 groups, FROC and detection pictures) -> training curves (training_curves.png) -> one
+# summary (`python -m shared summary`: untrained vs trained sensitivities and AP50, time, paths), last.
 #
 # Demo overrides (the paper's settings stay the config defaults; docs/README.md gives the full-scale commands and the
 # measured figures): 192 px phantom series (about 1.9 mm pixels, 5 annotated key slices each: more annotated slices
@@ -56,5 +58,8 @@ $PY -m monai.bundle run training --config_file $CONFIGS/train.json "${DEMO[@]}" 
 echo "== evaluation of the trained network (test split)"
 $PY -m monai.bundle run evaluating --config_file "['$CONFIGS/train.json','$CONFIGS/evaluate.json']" "${DEMO[@]}" \
     --ckpt_path "$OUT_DIR/models/model.pt" --output_dir "$OUT_DIR/eval" --split test
-echo "pictures, CSV tables and detections: $OUT_DIR/eval   untrained network: $OUT_DIR/eval_untrained"
-echo "cs_att_deeplesion job took $(( $(date +%s) - start )) s after the environment setup"
+$PY -m shared show curves "$OUT_DIR/runs" "$OUT_DIR/training_curves.png"
+echo
+$PY -m shared summary deeplesion "$OUT_DIR/eval" "$OUT_DIR/eval_untrained" --name cs_att_deeplesion \
+    --seconds $(( $(date +%s) - start )) --predictions "$OUT_DIR/eval/detections.json" \
+    --pictures "$OUT_DIR/training_curves.png"

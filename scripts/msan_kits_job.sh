@@ -3,7 +3,8 @@
 #   bash scripts/msan_kits_job.sh [OUT_DIR]     (default: outputs/msan_kits_job; a new or empty folder)
 # Environment: ITERATIONS (2000), SEED (0: phantoms and network initialisation), OMP_NUM_THREADS (2).
 # Steps: environment -> phantom KiTS19 root -> train (monai.bundle run training) -> evaluate the test split with the
-# trained and with an untrained network -> inference on the test images -> metrics table, overlay PNG.
+# trained and with an untrained network -> inference on the test images -> metrics table, overlay PNG, training curves
+# (training_curves.png) -> one summary (`python -m shared summary`: untrained vs trained Dice, time, paths), last.
 # Every step is a `python -m monai.bundle` call on bundles/msan_kits/configs; the demo sizes are one args file.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -72,5 +73,7 @@ echo "== KiTS19 Dice on the phantom test cases: untrained network"
 cat "$OUT_DIR/eval_untrained/kits19_metrics.txt"
 echo "== KiTS19 Dice on the phantom test cases: trained MSAN-V1 ($ITERATIONS iterations)"
 cat "$OUT_DIR/eval/kits19_metrics.txt"
-echo "predictions: $OUT_DIR/predictions   metrics: $OUT_DIR/eval/kits19_metrics.csv   overlay: $OUT_DIR/eval/overlay.png"
-echo "msan_kits job took $(( $(date +%s) - start )) s after the environment setup"
+$PY -m shared show curves "$OUT_DIR/runs" "$OUT_DIR/training_curves.png"
+echo
+$PY -m shared summary kits19 "$OUT_DIR/eval" "$OUT_DIR/eval_untrained" --name msan_kits \
+  --seconds $(( $(date +%s) - start )) --predictions "$OUT_DIR/predictions" --pictures "$OUT_DIR/training_curves.png"

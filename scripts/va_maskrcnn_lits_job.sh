@@ -5,7 +5,8 @@
 # and network initialisation), OMP_NUM_THREADS (2; use 1 when other jobs share the 2 cores).
 # Steps: environment -> phantom LiTS volumes (LAS, HU, varied slice thickness) -> evaluation of the untrained network
 # -> VA Mask R-CNN training -> evaluation of the trained network on the validation quarter (LiTS Dice per case,
-# global Dice, lesion Dice by size, CSV + overlay PNG) -> inference on the test volume in the input's space.
+# global Dice, lesion Dice by size, CSV + overlay PNG) -> inference on the test volume in the input's space -> training
+# curves (training_curves.png) -> one summary (`python -m shared summary`: untrained vs trained Dice, time, paths), last.
 #
 # Demo overrides, one args file given to every step (scripts/va_maskrcnn_lits_demo_args.json, which
 # benchmarks/va_ablation.py also reads; the paper's settings stay the config defaults;
@@ -62,8 +63,7 @@ echo "== inference (test volume -> label NIfTI in its space)"
 $PY -m monai.bundle run inference --config_file $CONFIGS/inference.json "${DEMO[@]}" \
     --ckpt_path "$OUT_DIR/models/model.pt" --dataset_dir "$OUT_DIR/test_volumes" --output_dir "$OUT_DIR/output"
 
-echo "== results: untrained network, then trained network"
-cat "$OUT_DIR/eval_untrained/lits_metrics.csv"
-cat "$OUT_DIR/eval/lits_metrics.csv"
-echo "metrics: $OUT_DIR/eval   untrained network: $OUT_DIR/eval_untrained   predictions: $OUT_DIR/output"
-echo "va_maskrcnn_lits job took $(( $(date +%s) - start )) s after the environment setup"
+$PY -m shared show curves "$OUT_DIR/runs" "$OUT_DIR/training_curves.png"
+echo
+$PY -m shared summary lits "$OUT_DIR/eval" "$OUT_DIR/eval_untrained" --name va_maskrcnn_lits \
+    --seconds $(( $(date +%s) - start )) --predictions "$OUT_DIR/output" --pictures "$OUT_DIR/training_curves.png"

@@ -192,7 +192,7 @@ def test_summary_puts_untrained_beside_trained_then_time_and_paths(tmp_path):
         "metric                untrained    trained",
         "kidney Dice per case      0.000      0.850",
         "tumour Dice per case      0.300      0.300",
-        "time: 396 s (6 min 36 s)",
+        "time: 396 s (6 min 36 s) after the environment setup",
         f"metrics: {tmp_path / 'eval' / 'kits19_metrics.csv'}, {tmp_path / 'eval_untrained' / 'kits19_metrics.csv'}",
         f"pictures: {tmp_path / 'eval' / 'overlay.png'}, {curves} (missing)",
         f"predictions: {tmp_path / 'predictions'}",
@@ -213,7 +213,8 @@ def test_summary_command_of_deeplesion_evaluations(tmp_path):
     assert rows["sensitivity at 4 FPs per image"] == ["0.001", "0.686"]
     assert rows["sensitivity at 16 FPs per image"] == ["n/a", "n/a"] and rows["AP50"] == ["0.478", "0.478"]
     assert lines[1].split() == ["metric", "untrained", "trained"]
-    assert lines[-4] == "time: 738 s (12 min 18 s)" and lines[-1].endswith("detections.json")
+    assert lines[-4] == "time: 738 s (12 min 18 s) after the environment setup"
+    assert lines[-1].endswith("detections.json")
 
 
 def test_summary_of_a_missing_evaluation_names_the_file(tmp_path):

@@ -91,8 +91,9 @@ def job_summary(
     """The summary's lines: a title, the headline metrics (untrained | trained), the time, then the paths.
 
     ``trained_dir`` / ``untrained_dir`` are the two evaluations' output folders (``untrained_dir`` None: the column
-    says ``not run``); ``seconds`` the job's time; ``predictions`` where inference wrote; ``pictures`` the pictures
-    beside the trained evaluation's PNGs (each listed, marked ``(missing)`` when absent).
+    says ``not run``); ``seconds`` the job's time after its environment setup (the jobs' timer); ``predictions``
+    where inference wrote; ``pictures`` the pictures beside the trained evaluation's PNGs (each listed, marked
+    ``(missing)`` when absent).
     """
     trained_file, trained, scored = headline_metrics(dataset, trained_dir)
     files = [trained_file]
@@ -107,7 +108,8 @@ def job_summary(
     for label, value in trained.items():
         before = "not run" if untrained is None else _cell(untrained[label])
         lines.append(f"{label.ljust(label_width)}  {before:>9}  {_cell(value):>9}")
-    lines.append(f"time: {'not measured' if seconds is None else _duration(float(seconds))}")
+    took = "not measured" if seconds is None else f"{_duration(float(seconds))} after the environment setup"
+    lines.append(f"time: {took}")
     lines.append(f"metrics: {', '.join(str(f) for f in files)}")
     shown = sorted(Path(trained_dir).glob("*.png"))
     shown += [Path(p) for p in pictures if Path(p) not in shown]
