@@ -440,6 +440,8 @@ def save_ablation_png(
 ) -> Path:
     """Bars of mean +- sd per arm (error bars: one sd, value written above), one group per metric, from an ablation
     report (:func:`read_ablation`). The PNG is 900 pixels wide and 450 high."""
+    import textwrap
+
     arms, values = read_ablation(path, metrics)
     fig, ax = plt.subplots(figsize=(9, 4.5), layout="constrained")
     width = 0.8 / len(arms)
@@ -447,15 +449,18 @@ def save_ablation_png(
     colours = plt.get_cmap("tab10").colors
     for i, arm in enumerate(arms):
         x = centres - 0.4 + width * (i + 0.5)
-        means = [values[m][0][i] for m in values]
-        sds = [values[m][1][i] for m in values]
-        bars = ax.bar(x, means, width, yerr=sds, capsize=3, color=colours[i % len(colours)], label=arm)
-        ax.bar_label(bars, labels=[f"{m:.3f}" for m in means], fontsize=7, padding=2)
-    ax.set_xticks(centres, list(values))
+        means = np.array([values[m][0][i] for m in values])
+        sds = np.array([values[m][1][i] for m in values])
+        ax.bar(x, means, width, yerr=sds, capsize=3, color=colours[i % len(colours)], label=arm)
+        for xi, top, mean in zip(x, means + sds, means):
+            ax.text(xi, top, f"{mean:.3f}", ha="center", va="bottom", fontsize=7, rotation=90 if len(arms) > 4 else 0)
+    names = [textwrap.fill(m.replace("_", " "), 16) for m in values]
+    ax.set_xticks(centres, names, fontsize=9)
     ax.set_ylabel("mean +- sd over seeds")
+    ax.margins(y=0.12)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title(title or Path(path).name, fontsize=11)
+    fig.suptitle(textwrap.fill(title or Path(path).name, 100), fontsize=10)
     return _save(fig, out_path)
 
 
