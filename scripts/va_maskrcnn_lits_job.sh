@@ -18,7 +18,7 @@
 # the time 8 took at 256); HU window [-100, 200] instead of [-200, 300]; 300/100 RPN proposals, 64 RoIs per image, 20
 # detections per slice; AdamW (lr 0.001, weight decay 1e-4, fused) instead of the paper's SGD (lr 0.02 x 2 / 16), with
 # the config's warm-up and steps at 8/12 and 11/12 of the iterations: from random weights it learns the lesions about
-# twice as fast (bundle docs, "Measured figures"); lesion slices over-sampled 10x instead of 3x; epochs of 240 sampled
+# twice as fast (docs/experiments/va_maskrcnn_lits.md); lesion slices over-sampled 10x instead of 3x; epochs of 240 sampled
 # slices instead of a pass over the ~1500 training slices; no data-loading workers.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
