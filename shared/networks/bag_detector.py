@@ -81,7 +81,10 @@ class BagDetector:
     @torch.jit.unused
     def batch_outputs(self, images: torch.Tensor):
         """Eval-mode output for a batched tensor of bags: the detections of each, as for a list (torchvision's
-        behaviour); a detector with a dense output (``VAMaskRCNN``: label maps) overrides it."""
+        behaviour); a detector with a dense output (``VAMaskRCNN``: label maps) overrides it. Under
+        ``torch.onnx.export`` (which needs tensors out) the :func:`padded_detections` of ``ThreeDCE``."""
+        if torch.onnx.is_in_onnx_export():
+            return padded_detections(self.forward(list(images)), self.roi_heads.detections_per_img, images)
         return self.forward(list(images))
 
     def detect(
@@ -108,3 +111,17 @@ class BagDetector:
         losses.update(detector_losses)
         losses.update(proposal_losses)
         return losses, detections
+
+
+def padded_detections(detections: list[dict[str, torch.Tensor]], rows: int, images: torch.Tensor) -> torch.Tensor:
+    """Per image ``{"boxes", "scores", "labels"}`` -> one float tensor ``(B, 1, rows, 6)``: each image's detections
+    (by decreasing score, as torchvision sorts them) as rows ``(x1, y1, x2, y2, score, label)``, the rest zero
+    (label 0, background). Padded with ``pad`` rather than a sliced assignment, so that an ONNX trace keeps the
+    number of detections dynamic. ``images``: the batch they came from (device; the empty batch)."""
+    padded = []
+    for det in detections:
+        found = torch.cat([det["boxes"], det["scores"][:, None], det["labels"][:, None].to(det["boxes"])], dim=1)
+        padded.append(torch.nn.functional.pad(found.float(), [0, 0, 0, rows - found.shape[0]]))
+    if not padded:
+        return images.new_zeros((0, 1, rows, 6), dtype=torch.float32)
+    return torch.stack(padded)[:, None]

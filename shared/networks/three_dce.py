@@ -34,11 +34,11 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import ps_roi_align
+from torchvision.ops import ps_roi_align, roi_align
 from torchvision.ops._utils import convert_boxes_to_roi_format
 
 from shared.errors import InputError
-from shared.networks.bag_detector import BagDetector
+from shared.networks.bag_detector import BagDetector, padded_detections
 from shared.networks.blocks.contextual_spatial_attention import ContextualSpatialAttention
 from shared.networks.pretrained import LoadReport, load_pretrained
 
@@ -173,9 +173,47 @@ class PSRoIAlignPool(nn.Module):
         self, features: dict[str, torch.Tensor], proposals: list[torch.Tensor], image_shapes: list[tuple[int, int]]
     ) -> torch.Tensor:
         rois = convert_boxes_to_roi_format(proposals)
+        if not torch.jit.is_scripting():
+            if torch.onnx.is_in_onnx_export():  # ONNX has no position-sensitive RoI align: the same from RoiAlign
+                return ps_roi_align_by_roi_align(
+                    features[self.featmap_name], rois, self.output_size, self.spatial_scale, self.sampling_ratio
+                )
         return ps_roi_align(
             features[self.featmap_name], rois, self.output_size, self.spatial_scale, self.sampling_ratio
         )
+
+
+def ps_roi_align_by_roi_align(
+    features: torch.Tensor, rois: torch.Tensor, output_size: int, spatial_scale: float, sampling_ratio: int
+) -> torch.Tensor:
+    """torchvision's ``ps_roi_align`` from one ``roi_align`` call, for the ONNX export (ONNX has ``RoiAlign`` but no
+    position-sensitive variant, nor has torchvision an ONNX symbolic for it).
+
+    Output bin ``(i, j)`` of channel ``c`` averages the same samples of input channel ``c K^2 + i K + j`` inside bin
+    ``(i, j)`` of the RoI. So: the ``K^2`` channel groups become images of a batch (group ``p = i K + j`` is image
+    ``b K^2 + p``), each RoI becomes ``K^2`` sub-boxes, one per bin, each pooled to one value by ``roi_align`` with
+    ``aligned=True`` (``ps_roi_align``'s half-pixel offset) on its group's image: the same samples, the same work.
+    """
+    k = output_size
+    b, channels, height, width = features.shape
+    groups = features.reshape(b, channels // (k * k), k * k, height, width).transpose(1, 2)
+    groups = groups.reshape(b * k * k, channels // (k * k), height, width)
+    steps = torch.arange(k, dtype=rois.dtype, device=rois.device)
+    i, j = steps.repeat_interleave(k), steps.repeat(k)  # bin p = i K + j
+    x1, y1, x2, y2 = rois[:, 1:2], rois[:, 2:3], rois[:, 3:4], rois[:, 4:5]  # (R, 1) each
+    bin_w, bin_h = (x2 - x1) / k, (y2 - y1) / k
+    sub = torch.stack(
+        [
+            rois[:, 0:1] * (k * k) + (i * k + j),
+            x1 + j * bin_w,
+            y1 + i * bin_h,
+            x1 + (j + 1) * bin_w,
+            y1 + (i + 1) * bin_h,
+        ],
+        dim=2,
+    )  # (R, K^2, 5)
+    pooled = roi_align(groups, sub.reshape(-1, 5), 1, spatial_scale, sampling_ratio, aligned=True)  # (R K^2, C, 1, 1)
+    return pooled.reshape(rois.shape[0], k, k, -1).permute(0, 3, 1, 2)
 
 
 class PaddingOnlyTransform(GeneralizedRCNNTransform):
@@ -306,12 +344,7 @@ class ThreeDCE(BagDetector, GeneralizedRCNN):
         ``K`` = ``box_detections_per_img``: per image its detections by decreasing score as rows ``(x1, y1, x2, y2,
         score, label)``, the rest of the rows zero (label 0, background). The network output ``metadata.json``'s
         ``network_data_format`` describes (``verify_net_in_out``); a list of images gives torchvision's dicts."""
-        detections = self.forward(list(images))
-        out = images.new_zeros((len(detections), 1, self.roi_heads.detections_per_img, 6), dtype=torch.float32)
-        for row, det in zip(out, detections):
-            found = torch.cat([det["boxes"], det["scores"][:, None], det["labels"][:, None].to(det["boxes"])], dim=1)
-            row[0, : len(found)] = found.float()
-        return out
+        return padded_detections(self.forward(list(images)), self.roi_heads.detections_per_img, images)
 
     @torch.no_grad()
     def attention_maps(self, images: list[torch.Tensor]) -> dict[str, torch.Tensor]:

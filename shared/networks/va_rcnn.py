@@ -46,10 +46,16 @@ def paste_labels(
     mask_threshold: float = 0.5,
     liver_label: int = LIVER_CLASS,
     lesion_label: int | None = LESION_CLASS,
+    num_classes: int | None = None,
 ) -> torch.Tensor:
     """One slice's detections -> (H, W) label map (sec. 3.2): the masks of the detections scoring at least
     ``score_threshold``, binarised at ``mask_threshold``; lesions only inside the predicted liver ("the logical AND
-    of the predicted liver and lesion masks"). ``lesion_label=None`` keeps every class as is."""
+    of the predicted liver and lesion masks"). ``lesion_label=None`` keeps every class as is.
+
+    ``num_classes`` (background included; the masks' size is then the map's): the same map painted by a fixed loop
+    over the classes with tensor operations only, which an ONNX trace keeps (:meth:`VAMaskRCNN.batch_outputs`)."""
+    if num_classes is not None:
+        return _paste_labels_traced(detections, score_threshold, mask_threshold, liver_label, lesion_label, num_classes)
     out = torch.zeros(shape, device=detections["boxes"].device)
     keep = detections["scores"] >= score_threshold
     masks = detections["masks"][:, 0] >= mask_threshold
@@ -60,6 +66,32 @@ def paste_labels(
     if lesion_label is not None:
         lesion = masks[keep & (labels == lesion_label)].any(dim=0) & (out == liver_label)
         out[lesion] = lesion_label
+    return out
+
+
+def _paste_labels_traced(
+    detections: dict[str, torch.Tensor],
+    score_threshold: float,
+    mask_threshold: float,
+    liver_label: int,
+    lesion_label: int | None,
+    num_classes: int,
+) -> torch.Tensor:
+    """:func:`paste_labels` without data-dependent Python: classes 1 .. num_classes - 1 in order (a class that is
+    not found paints nothing, so the map is the same), then lesions inside the liver."""
+    masks = detections["masks"][:, 0] >= mask_threshold
+    keep = detections["scores"] >= score_threshold
+    labels = detections["labels"]
+    out = torch.zeros_like(masks.any(dim=0), dtype=torch.float32)  # (H, W), also without detections
+
+    def union(cls: int) -> torch.Tensor:
+        return (masks & (keep & (labels == cls))[:, None, None]).any(dim=0)
+
+    for cls in range(1, num_classes):
+        if cls != lesion_label:
+            out = torch.where(union(cls), float(cls), out)
+    if lesion_label is not None:
+        out = torch.where(union(lesion_label) & (out == liver_label), float(lesion_label), out)
     return out
 
 
@@ -230,12 +262,22 @@ class VAMaskRCNN(BagDetector, MaskRCNN):
     """
 
     @torch.jit.unused
-    def batch_outputs(self, images: torch.Tensor) -> torch.Tensor:
+    def batch_outputs(self, images: torch.Tensor):
         """Label maps (B, 1, H, W), float: 0 background, 1 liver, 2 lesion, by :func:`paste_labels` with its
-        defaults (those of the bundle's ``VolumeMaskInferer``)."""
+        defaults (those of the bundle's ``VolumeMaskInferer``).
+
+        Under ``torch.onnx.export`` (one bag, B = 1) the tuple ``(label map (1, 1, H, W), boxes (K, 4), labels (K,),
+        scores (K,), masks (K, 1, H, W))``: the label map and the detections it was painted from (docs/onnx.md)."""
         detections = self.forward(list(images))
+        num_classes = self.roi_heads.box_predictor.cls_score.out_features
         shape = (images.shape[-2], images.shape[-1])
-        return torch.stack([paste_labels(d, shape) for d in detections])[:, None]
+        maps = torch.stack([paste_labels(d, shape, num_classes=num_classes) for d in detections])[:, None]
+        if torch.onnx.is_in_onnx_export():
+            if len(detections) != 1:
+                raise ValueError(f"the ONNX graph takes one bag (input shape (1, 3N, H, W)), got {len(detections)}")
+            found = detections[0]
+            return maps, found["boxes"], found["labels"], found["scores"], found["masks"]
+        return maps
 
 
 class VAFasterRCNN(BagDetector, FasterRCNN):
