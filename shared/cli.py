@@ -127,17 +127,18 @@ def show_overlay(
     print(f"wrote {out}")
 
 
-def show_curves(run_dir: str, out_png: str | None = None, loss_tag: str = "train_loss") -> None:
+def show_curves(run_dir: str, out_png: str | None = None, metric_prefix: str = "val_", title: str | None = None):
     """Plot the training loss and the validation metric(s) against the iteration from RUN_DIR's TensorBoard files.
 
     RUN_DIR is the folder a training run wrote its event files to (train.json's output_dir; a job's OUT_DIR/runs);
-    OUT_PNG defaults to RUN_DIR/training_curves.png. LOSS_TAG is the trainers' loss tag; every other scalar is
-    plotted as a validation metric.
+    OUT_PNG defaults to RUN_DIR/training_curves.png. Tags starting with METRIC_PREFIX are the validation metrics (the
+    bundles' val_kits19_dice, val_lesion_dice, val_sensitivity_at_4fp), every other tag a training loss (train_loss;
+    the VA detector's loss and its terms).
     """
     from shared.visualize import save_training_curves_png
 
     out = Path(run_dir) / "training_curves.png" if out_png is None else Path(out_png)
-    print(f"wrote {save_training_curves_png(run_dir, out, loss_tag=loss_tag)}")
+    print(f"wrote {save_training_curves_png(run_dir, out, metric_prefix=metric_prefix, title=title)}")
 
 
 def show_ablation(ablation_json: str, out_png: str, metrics: list[str] | str | None = None, title: str | None = None):

@@ -275,7 +275,12 @@ def save_overlay_png_from_files(
 # --- Training runs, ablations and evaluations as charts -------------------------------------------------------------
 
 EVENT_FILES = "events.out.tfevents.*"
-LOSS_TAG = "train_loss"  # the trainers' TensorBoardStatsHandler tag in every bundle's train.json
+# What the bundles' train.json TensorBoardStatsHandlers write: the trainer logs its loss every iteration, as
+# `train_loss` (msan_kits, cs_att_deeplesion: a scalar output) or as one tag per entry of the detector's loss dict
+# (va_maskrcnn_lits: `loss`, `loss_classifier`, `loss_box_reg`, `loss_mask`, ...); the validator logs its key metric
+# (`val_kits19_dice`, `val_lesion_dice`, `val_sensitivity_at_4fp`) once per validation with the trainer's epoch as step.
+METRIC_PREFIX = "val_"
+MAIN_LOSS_TAGS = ("train_loss", "loss")
 
 
 def read_scalars(run_dir: str | os.PathLike) -> dict[str, list[tuple[int, float, float]]]:
@@ -305,54 +310,76 @@ def read_scalars(run_dir: str | os.PathLike) -> dict[str, list[tuple[int, float,
 
 
 def training_curves(
-    run_dir: str | os.PathLike, loss_tag: str = LOSS_TAG
-) -> tuple[list[tuple[int, float]], dict[str, list[tuple[int, float]]]]:
-    """The loss and the validation metrics of a run's event files against the training iteration.
+    run_dir: str | os.PathLike, metric_prefix: str = METRIC_PREFIX
+) -> tuple[dict[str, list[tuple[int, float]]], dict[str, list[tuple[int, float]]]]:
+    """The training losses and the validation metrics of a run's event files against the training iteration.
 
-    Returns ``(loss, metrics)``: ``loss`` the ``(iteration, value)`` pairs of ``loss_tag`` (the trainers log it every
-    iteration); ``metrics`` ``{tag: [(iteration, value), ...]}`` of every other scalar tag. The validators log their
-    metric once per validation with the trainer's epoch as step; each is placed at the last iteration logged before
-    it (by the events' wall times: a validation runs after the last iteration of its epoch), so both share one axis.
-    Without a ``loss_tag`` in the run the metrics keep their own steps.
+    Returns ``(losses, metrics)``, each ``{tag: [(iteration, value), ...]}``: ``metrics`` the tags starting with
+    ``metric_prefix``, ``losses`` every other tag (logged by the trainer every iteration). The validators log their
+    metric with the trainer's epoch as step; each value is placed at the last training iteration logged before it (by
+    the events' wall times: a validation runs after the last iteration of its epoch), so both share one axis. Without
+    any loss in the run the metrics keep their own steps.
     """
     scalars = read_scalars(run_dir)
-    loss_events = sorted(scalars.pop(loss_tag, []), key=lambda e: e[2])
-    loss_times = np.array([e[2] for e in loss_events])
+    metric_events = {tag: events for tag, events in scalars.items() if tag.startswith(metric_prefix)}
+    losses = {
+        tag: [(step, value) for step, value, _ in sorted(events)]
+        for tag, events in scalars.items()
+        if tag not in metric_events
+    }
+    iterations = sorted({(wall, step) for tag in losses for step, _, wall in scalars[tag]})
+    times = np.array([wall for wall, _ in iterations])
     metrics = {}
-    for tag, events in scalars.items():
-        if not loss_events:
+    for tag, events in metric_events.items():
+        if not iterations:
             metrics[tag] = [(step, value) for step, value, _ in events]
             continue
-        placed = np.searchsorted(loss_times, [e[2] for e in events], side="right") - 1
-        metrics[tag] = [(loss_events[max(int(i), 0)][0], value) for i, (_, value, _) in zip(placed, events)]
-    return [(step, value) for step, value, _ in sorted(loss_events)], metrics
+        placed = np.searchsorted(times, [wall for _, _, wall in events], side="right") - 1
+        metrics[tag] = [(iterations[max(int(i), 0)][1], value) for i, (_, value, _) in zip(placed, events)]
+    return losses, metrics
+
+
+def main_loss_tag(losses: Mapping[str, object]) -> str | None:
+    """The total training loss among ``losses``' tags: ``train_loss`` or ``loss`` (the detector's total), else the
+    first tag; None when there is none."""
+    return next((tag for tag in MAIN_LOSS_TAGS if tag in losses), next(iter(sorted(losses)), None))
 
 
 def save_training_curves_png(
-    run_dir: str | os.PathLike, out_path: str | os.PathLike, loss_tag: str = LOSS_TAG, title: str | None = None
+    run_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    metric_prefix: str = METRIC_PREFIX,
+    title: str | None = None,
 ) -> Path:
-    """Training loss (each iteration, faint, with its running mean) beside the validation metric(s) against the
-    iteration, from the run's TensorBoard event files (:func:`training_curves`). The PNG is 1100 x 420 pixels."""
-    loss, metrics = training_curves(run_dir, loss_tag)
+    """Training loss against the iteration (the total each iteration, faint, with its running mean; a detector's loss
+    terms as running means) beside the validation metric(s), from the run's TensorBoard event files
+    (:func:`training_curves`). The PNG is 1100 x 420 pixels."""
+    losses, metrics = training_curves(run_dir, metric_prefix)
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
-    if loss:
-        steps, values = np.array(loss, dtype=float).T
-        left.plot(steps, values, color="tab:blue", alpha=0.3, lw=0.8, label=f"{loss_tag} (each iteration)")
+    main = main_loss_tag(losses)
+    term_colours = iter(plt.get_cmap("tab10").colors[1:] * 3)  # tab:blue is the total's
+    for tag in sorted(losses, key=lambda t: t != main):
+        steps, values = np.array(losses[tag], dtype=float).reshape(-1, 2).T
         window = max(1, len(values) // 50)
-        if window > 1:
-            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-            left.plot(steps[window - 1 :], smooth, color="tab:blue", lw=1.6, label=f"running mean of {window}")
-        left.legend(fontsize=8)
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        if tag == main:
+            left.plot(steps, values, color="tab:blue", alpha=0.3, lw=0.8, label=f"{tag} (each iteration)")
+            left.plot(steps[window - 1 :], smooth, color="tab:blue", lw=1.8, label=f"{tag}, running mean of {window}")
+        else:
+            colour = next(term_colours)
+            left.plot(steps[window - 1 :], smooth, lw=0.9, color=colour, label=f"{tag}, running mean of {window}")
+    if losses:
+        left.legend(fontsize=7)
     else:
-        left.text(0.5, 0.5, f"no '{loss_tag}' in the event files", ha="center", va="center", transform=left.transAxes)
+        left.text(0.5, 0.5, "no training loss in the event files", ha="center", va="center", transform=left.transAxes)
     left.set_xlabel("iteration")
     left.set_ylabel("training loss")
     left.grid(True, alpha=0.3)
     for tag, points in sorted(metrics.items()):
         steps, values = np.array(points, dtype=float).reshape(-1, 2).T
         right.plot(steps, values, "o-", ms=4, label=tag)
-        if len(values):
-            best = int(np.nanargmax(values)) if not np.isnan(values).all() else 0
+        if len(values) and not np.isnan(values).all():
+            best = int(np.nanargmax(values))
             right.annotate(
                 f"{values[best]:.3f}",
                 (steps[best], values[best]),
@@ -364,10 +391,9 @@ def save_training_curves_png(
     if metrics:
         right.legend(fontsize=8)
     else:
-        right.text(
-            0.5, 0.5, "no validation metric in the event files", ha="center", va="center", transform=right.transAxes
-        )
-    right.set_xlabel("iteration" if loss else "step")
+        message = f"no validation metric ({metric_prefix}*) in the event files"
+        right.text(0.5, 0.5, message, ha="center", va="center", transform=right.transAxes)
+    right.set_xlabel("iteration" if losses else "step")
     right.set_ylabel("validation metric")
     right.grid(True, alpha=0.3)
     folder = Path(run_dir).resolve()

@@ -28,16 +28,22 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def _write_run(folder: Path, iterations: int = 12, per_epoch: int = 4, metric_tag: str = "val_lesion_dice"):
-    """A run as the bundles' train.json writes it: the trainer's handler logs train_loss every iteration and the
-    validator's handler (its own writer, its own file) logs the metric after each epoch with the epoch as step."""
+def _write_run(folder: Path, iterations: int = 12, per_epoch: int = 4, metric_tag: str = "val_lesion_dice", terms=()):
+    """A run as the bundles' train.json writes it: the trainer's handler logs train_loss every iteration (or, for a
+    detector's loss dict, `loss` and one tag per term) and the validator's handler (its own writer, its own file) logs
+    the metric after each epoch with the epoch as step."""
     from torch.utils.tensorboard import SummaryWriter
 
     trainer, validator = SummaryWriter(str(folder)), SummaryWriter(str(folder))
     losses, metric = {}, {}
     for iteration in range(1, iterations + 1):
         losses[iteration] = 1.0 / iteration
-        trainer.add_scalar("train_loss", losses[iteration], iteration)
+        if terms:
+            trainer.add_scalar("loss", losses[iteration], iteration)
+            for i, term in enumerate(terms):
+                trainer.add_scalar(term, losses[iteration] / (i + 2), iteration)
+        else:
+            trainer.add_scalar("train_loss", losses[iteration], iteration)
         trainer.flush()
         if iteration % per_epoch == 0:
             time.sleep(0.02)  # the validation runs after the epoch's last iteration
@@ -52,14 +58,24 @@ def _write_run(folder: Path, iterations: int = 12, per_epoch: int = 4, metric_ta
 
 
 def test_curves_read_the_steps_and_values_written_and_place_validations_at_their_epoch_end(tmp_path):
-    losses, metric = _write_run(tmp_path)
+    losses, _ = _write_run(tmp_path)
     loss, metrics = visualize.training_curves(tmp_path)
-    assert [s for s, _ in loss] == list(range(1, 13))
-    np.testing.assert_allclose([v for _, v in loss], [losses[s] for s in range(1, 13)], rtol=1e-6)
+    assert list(loss) == ["train_loss"] and visualize.main_loss_tag(loss) == "train_loss"
+    assert [s for s, _ in loss["train_loss"]] == list(range(1, 13))
+    np.testing.assert_allclose([v for _, v in loss["train_loss"]], [losses[s] for s in range(1, 13)], rtol=1e-6)
     assert list(metrics) == ["val_lesion_dice"]
     # epochs 1, 2, 3 of 4 iterations -> iterations 4, 8, 12
     assert [s for s, _ in metrics["val_lesion_dice"]] == [4, 8, 12]
     np.testing.assert_allclose([v for _, v in metrics["val_lesion_dice"]], [0.25, 0.5, 0.75])
+
+
+def test_curves_of_a_detector_loss_dict_keep_every_term_and_the_total_is_the_main_loss(tmp_path):
+    """va_maskrcnn_lits's trainer output is a dict: TensorBoardStatsHandler writes `loss` and each term as its tag."""
+    _write_run(tmp_path, iterations=6, per_epoch=3, terms=("loss_classifier", "loss_mask"))
+    loss, metrics = visualize.training_curves(tmp_path)
+    assert sorted(loss) == ["loss", "loss_classifier", "loss_mask"] and visualize.main_loss_tag(loss) == "loss"
+    np.testing.assert_allclose([v for _, v in loss["loss_mask"]], [1 / (3 * i) for i in range(1, 7)], rtol=1e-6)
+    assert metrics == {"val_lesion_dice": [(3, 0.25), (6, 0.5)]}
 
 
 def test_show_curves_writes_the_default_png_into_the_run_folder(tmp_path):
