@@ -25,7 +25,7 @@ from pathlib import Path
 
 from benchmarks import measure
 
-BENCHMARKS = ("msan_benchmark", "va_benchmark", "csatt_benchmark", "scaling", "data_loading")
+BENCHMARKS = ("msan_benchmark", "va_benchmark", "csatt_benchmark", "scaling", "data_loading", "onnx_benchmark")
 
 
 def cpu_seconds() -> tuple[float, float]:

@@ -29,6 +29,10 @@ EXPECTED = {
         "DeepLesion sample: PNG decode / cache read time",
         "DeepLesion cache read of a batch / M = 3 CS-Att training step",
     ],
+    "onnx_benchmark": [
+        f"{bundle}: ONNX Runtime / PyTorch eager CPU inference time"
+        for bundle in ("msan_kits", "va_maskrcnn_lits", "cs_att_deeplesion")
+    ],
 }
 OTHERS = ("scaling", "data_loading")  # their rows are theirs to test; here: present when the file is
 

@@ -3,6 +3,7 @@ ONNX Runtime (CPU) against the eager network on a phantom CT: segmentation logit
 boxes within 0.5 px and scores within 1e-3 (issue 24). Tiny networks, random weights; each export is the user's
 command, run from the bundle's folder (benchmarks.onnx_benchmark.export_command)."""
 
+import ast
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import torch
 from torchvision.ops import ps_roi_align
 
-from benchmarks.onnx_benchmark import OPSET, export, network
+from benchmarks.onnx_benchmark import OPSET, converter_kwargs, export, export_command, network, onnx_row
 from shared.networks.three_dce import ps_roi_align_by_roi_align
 from shared.phantoms import ct
 
@@ -160,3 +161,41 @@ def test_ps_roi_align_by_roi_align_equals_torchvision(sampling_ratio):
     found = ps_roi_align_by_roi_align(features, rois, 7, 1 / 8, sampling_ratio)
     assert expected.abs().max() > 0.1
     torch.testing.assert_close(found, expected, rtol=0, atol=1e-4)
+
+
+def test_benchmark_row_is_the_median_ratio_of_every_pair_with_no_goal():
+    """benchmarks/onnx_benchmark.py's row: ONNX Runtime time over eager time, each repeat over each, report only."""
+    r = onnx_row("va_maskrcnn_lits", [0.1, 0.3], [0.2, 0.4], [1, 9, 128, 128], 2e-6, 1)
+    assert r["what"] == "va_maskrcnn_lits: ONNX Runtime / PyTorch eager CPU inference time"
+    assert r["ratio"] == pytest.approx(np.median([0.1 / 0.2, 0.1 / 0.4, 0.3 / 0.2, 0.3 / 0.4]))
+    assert r["spread"] == pytest.approx([0.25, 1.5])
+    assert "no goal" in r["goal"] and r["limit"]
+    assert "eager 300.0 ms, ONNX Runtime 200.0 ms" in r["note"] and "[1, 9, 128, 128]" in r["note"]
+
+
+def test_export_command_is_the_documented_one(repo_root):
+    """The argv the tests and the benchmark run is docs/onnx.md's command: relative config paths (run from the
+    bundle's folder), the trace exporter, and converter kwargs fire reads as a Python dict."""
+    cmd = export_command("cs_att_deeplesion", "models/model.onnx", "models/model.pt", [1, 15, 512, 512])
+    args = dict(zip(cmd[5::2], cmd[6::2]))
+    assert cmd[2:5] == ["monai.bundle", "onnx_export", "network_def"]
+    assert args["--config_file"] == "configs/inference.json" and args["--use_trace"] == "True"
+    kwargs = ast.literal_eval(args["--converter_kwargs"])
+    assert kwargs["dynamo"] is False and kwargs["opset_version"] == OPSET and kwargs["output_names"] == ["pred"]
+    overlay = export_command(
+        "cs_att_deeplesion",
+        "m.onnx",
+        "m.pt",
+        [1, 9, 512, 512],
+        {"backbone": "resnet18"},
+        ("inference.json", "va_faster_rcnn.json"),
+    )
+    assert ast.literal_eval(overlay[overlay.index("--config_file") + 1]) == [
+        "configs/inference.json",
+        "configs/va_faster_rcnn.json",
+    ]
+    assert overlay[-2:] == ["--backbone", '"resnet18"']
+    docs = (repo_root / "docs" / "onnx.md").read_text()
+    assert "--use_trace True" in docs
+    for bundle in ("msan_kits", "va_maskrcnn_lits", "cs_att_deeplesion"):
+        assert f'--converter_kwargs "{converter_kwargs(bundle)!r}"' in docs
