@@ -83,7 +83,8 @@ def test_spatial_slice_attention_by_hand():
 def test_block_is_scriptable():
     """TorchScript (the bundle's ckpt_export) compiles the block with any switches and gives the eager output."""
     bag = _bag()
-    for switches in ({}, {"channel": False}, {"spatial": False}, {"spatial_scale": True}):
+    fixed = {"spatial_scale": True, "gate_norm": True, "min_hidden": 16, "spatial_relu": False}
+    for switches in ({}, {"channel": False}, {"spatial": False}, {"spatial_scale": True}, fixed):
         block = _block(**switches)
         torch.testing.assert_close(torch.jit.script(block)(bag, 2), block(bag, 2))
 
@@ -132,3 +133,26 @@ def test_bad_bag_shape_and_target_index_are_refused():
         _block()(torch.randn(2, 32, 6, 7))
     with pytest.raises(ValueError, match="target_index"):
         _block()(_bag(n=3), target_index=3)
+
+
+def test_gate_norm_divides_each_gate_by_its_mean():
+    """``gate_norm``: S_c / mean over channels and S_s / mean over pixels, applied in the same sequence as the plain
+    gates; without it, the gates of eq. 2-3 as they are."""
+    bag = _bag()
+    plain, normed = _block(), _block(gate_norm=True)  # same seed: the same weights
+    _, c_gate = plain.channel_attention(bag, 2)
+    c_normed = c_gate / c_gate.mean(dim=1, keepdim=True)
+    _, s_gate = plain.spatial_attention(bag, 2, c_normed)
+    s_normed = s_gate / s_gate.mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(normed.channel_attention(bag, 2)[1], c_normed)
+    torch.testing.assert_close(normed(bag, 2), bag[:, 2] * c_normed * s_normed)
+    torch.testing.assert_close(c_normed.mean(dim=1), torch.ones(2, 1, 1))
+    assert not torch.allclose(c_gate.mean(dim=1), torch.ones(2, 1, 1))  # the plain gate's mean is not 1
+    torch.testing.assert_close(plain(bag, 2), bag[:, 2] * c_gate * plain.spatial_attention(bag, 2, c_gate)[1])
+
+
+@pytest.mark.parametrize(("channels", "min_hidden", "hidden"), [(256, 1, 16), (64, 1, 4), (64, 16, 16), (8, 1, 1)])
+def test_channel_embedding_width(channels, min_hidden, hidden):
+    """C / 16 hidden units as eq. 2 writes (16 at the paper's 256-channel FPN), at least ``min_hidden``."""
+    block = VolumetricAttention(2, channels, min_hidden=min_hidden)
+    assert block.channel_embedding[0].out_channels == hidden

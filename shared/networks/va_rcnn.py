@@ -17,7 +17,7 @@ detector's own transform is set to the identity normalisation (mean 0, std 1) so
 """
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import torch
@@ -103,7 +103,8 @@ class VABackbone(nn.Module):
         bag_size: N, number of 2.5D images in the bag (input channels = 3N).
         attention: False gives the baseline 2.5D detector: only the target image is used (same input format).
         channel, spatial: switches of the VA block (Table 2d).
-        spatial_scale: divide eq. 3's product by H*W (``VolumetricAttention``); default False, eq. 3 as written.
+        block_options: further keyword arguments of every ``VolumetricAttention`` block (``spatial_scale``,
+            ``gate_norm``, ``min_hidden``, ``spatial_relu``); none: eq. 2-3 as written.
         location: ``"rpn"`` (default, Fig. 2): VA on every FPN level, one block per level (levels differ in scale
             and statistics, so they do not share weights); ``"roi"`` (Table 2e "RCNN"): the RPN sees the target's
             own features and VA is applied to RoI-aligned bag features by :class:`BagRoIAlign` in the heads, which
@@ -129,7 +130,7 @@ class VABackbone(nn.Module):
         channel: bool = True,
         spatial: bool = True,
         location: str = "rpn",
-        spatial_scale: bool = False,
+        block_options: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__()
         if bag_size < 1 or bag_size % 2 == 0:
@@ -157,7 +158,7 @@ class VABackbone(nn.Module):
             self.attention = nn.ModuleDict(
                 {
                     lvl: VolumetricAttention(
-                        2, self.out_channels, channel=channel, spatial=spatial, spatial_scale=spatial_scale
+                        2, self.out_channels, channel=channel, spatial=spatial, **(block_options or {})
                     )
                     for lvl in levels
                 }
@@ -236,10 +237,10 @@ class BagRoIAlign(MultiScaleRoIAlign):
         channels: int,
         channel: bool = True,
         spatial: bool = True,
-        spatial_scale: bool = False,
+        block_options: Mapping[str, object] | None = None,
     ) -> None:
         super().__init__(featmap_names, output_size, sampling_ratio)
-        self.attention = VolumetricAttention(2, channels, channel=channel, spatial=spatial, spatial_scale=spatial_scale)
+        self.attention = VolumetricAttention(2, channels, channel=channel, spatial=spatial, **(block_options or {}))
 
     def forward(self, features, proposals, image_shapes):
         if "bag" not in features:
@@ -311,7 +312,7 @@ def _build(
     attention: bool,
     channel: bool,
     spatial: bool,
-    spatial_scale: bool,
+    block_options: Mapping[str, object],
     location: str,
     min_size: int,
     max_size: int,
@@ -330,7 +331,7 @@ def _build(
         channel=channel,
         spatial=spatial,
         location=location,
-        spatial_scale=spatial_scale,
+        block_options=block_options,
     )
     levels = [lvl for lvl in va_backbone.levels if lvl != "pool"]
     if anchor_sizes is not None:
@@ -342,10 +343,10 @@ def _build(
         ratios = ((0.5, 1.0, 2.0),) * len(anchor_sizes)
         kwargs["rpn_anchor_generator"] = AnchorGenerator(tuple((int(s),) for s in anchor_sizes), ratios)
     if attention and location == "roi":
-        kwargs["box_roi_pool"] = BagRoIAlign(levels, 7, 2, va_backbone.out_channels, channel, spatial, spatial_scale)
+        kwargs["box_roi_pool"] = BagRoIAlign(levels, 7, 2, va_backbone.out_channels, channel, spatial, block_options)
         if detector is VAMaskRCNN:
             kwargs["mask_roi_pool"] = BagRoIAlign(
-                levels, 14, 2, va_backbone.out_channels, channel, spatial, spatial_scale
+                levels, 14, 2, va_backbone.out_channels, channel, spatial, block_options
             )
     return detector(
         va_backbone,
@@ -365,6 +366,9 @@ def build_va_mask_rcnn(
     channel: bool = True,
     spatial: bool = True,
     spatial_scale: bool = False,
+    gate_norm: bool = False,
+    min_hidden: int = 1,
+    spatial_relu: bool = True,
     location: str = "rpn",
     min_size: int = 1024,
     max_size: int = 1024,
@@ -379,14 +383,17 @@ def build_va_mask_rcnn(
     """VA Mask R-CNN for LiTS (sec. 3.2): classes background, liver, lesion; bag of 9 images (27 slices), 1024 px.
 
     ``attention=False`` is the baseline 2.5D Mask R-CNN (target image only) with the same input; ``spatial_scale``
-    divides eq. 3's product by H*W (default False: eq. 3 as written). ``backbone_weights``
-    (e.g. ``"ResNet50_Weights.IMAGENET1K_V1"``) downloads ImageNet weights: only when asked and online; COCO or
-    DeepLesion detector weights are loaded afterwards with :func:`shared.networks.pretrained.load_pretrained`.
-    ``frozen_batchnorm`` defaults to True with pretrained backbone weights (torchvision's rule); set it True too when
-    loading a pretrained checkpoint, False when training from scratch. ``anchor_sizes``: one anchor size (pixels) per
-    FPN level, default torchvision's (32, 64, 128, 256, 512), the paper's mmdetection anchors (scale 8 x strides
-    4-64) at 1024 px; smaller images need smaller anchors. ``fpn_channels``: channels of every FPN level and so of the
-    VA blocks, RPN and RoI heads (256, torchvision's and mmdetection's; no COCO checkpoint fits another width).
+    (divide eq. 3's product by H*W), ``gate_norm`` (gates divided by their mean), ``min_hidden`` (fewest hidden
+    units of eq. 2's embedding) and ``spatial_relu`` (the spatial head's ReLU) go to every ``VolumetricAttention``
+    block (defaults: eq. 2-3 as written).
+    ``backbone_weights`` (e.g. ``"ResNet50_Weights.IMAGENET1K_V1"``) downloads ImageNet weights: only when asked and
+    online; COCO or DeepLesion detector weights are loaded afterwards with
+    :func:`shared.networks.pretrained.load_pretrained`. ``frozen_batchnorm`` defaults to True with pretrained
+    backbone weights (torchvision's rule); set it True too when loading a pretrained checkpoint, False when training
+    from scratch. ``anchor_sizes``: one anchor size (pixels) per FPN level, default torchvision's (32, 64, 128, 256,
+    512), the paper's mmdetection anchors (scale 8 x strides 4-64) at 1024 px; smaller images need smaller anchors.
+    ``fpn_channels``: channels of every FPN level and so of the VA blocks, RPN and RoI heads (256, torchvision's and
+    mmdetection's; no COCO checkpoint fits another width).
     ``kwargs`` go to torchvision's ``MaskRCNN`` (e.g. ``box_detections_per_img``, ``rpn_batch_size_per_image``).
     """
     return _build(
@@ -396,7 +403,12 @@ def build_va_mask_rcnn(
         attention,
         channel,
         spatial,
-        spatial_scale,
+        {
+            "spatial_scale": spatial_scale,
+            "gate_norm": gate_norm,
+            "min_hidden": min_hidden,
+            "spatial_relu": spatial_relu,
+        },
         location,
         min_size,
         max_size,
@@ -417,6 +429,9 @@ def build_va_faster_rcnn(
     channel: bool = True,
     spatial: bool = True,
     spatial_scale: bool = False,
+    gate_norm: bool = False,
+    min_hidden: int = 1,
+    spatial_relu: bool = True,
     location: str = "rpn",
     min_size: int = 512,
     max_size: int = 512,
@@ -440,7 +455,12 @@ def build_va_faster_rcnn(
         attention,
         channel,
         spatial,
-        spatial_scale,
+        {
+            "spatial_scale": spatial_scale,
+            "gate_norm": gate_norm,
+            "min_hidden": min_hidden,
+            "spatial_relu": spatial_relu,
+        },
         location,
         min_size,
         max_size,

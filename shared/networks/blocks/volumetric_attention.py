@@ -37,12 +37,21 @@ class VolumetricAttention(nn.Module):
         spatial_dims: 2 (feature maps H x W, the paper's case) or 3 (D x H x W, pooled/convolved alike).
         in_channels: C, channels of every feature map in the bag.
         reduction: channel reduction ratio of the embedding ``W1`` (paper: 16).
+        min_hidden: fewest hidden units of the channel embedding: ``max(in_channels // reduction, min_hidden)``.
+            Default 1: C / 16 as written, 16 units at the paper's 256-channel FPN (4 at a 64-channel one).
         spatial_kernel_size: kernel of the spatial embedding ``W`` and of the spatial head convolution.
         channel: use volumetric channel attention (Table 2d ablation).
         spatial: use volumetric spatial attention (Table 2d ablation).
         spatial_scale: divide the target . bag product of the spatial embeddings by H*W (their mean instead of
             their sum), so that the softmax temperature does not grow with the resolution of the pyramid level.
             Default False: eq. 3 as written (the plain dot product).
+        gate_norm: divide each gate by its mean (``S_c`` over the channels, ``S_s`` over the pixels), so that the
+            gates redistribute the target's features instead of scaling them all: the attended features keep the
+            target's mean amplitude, and the sigmoid is not driven open everywhere to restore it. Default False:
+            the sigmoid gates as written (sec. 2.2-2.3).
+        spatial_relu: the ReLU that starts the spatial head (sec. 2.3: "an architecture similar to that of Section
+            2.2", whose head is relu, conv, sigmoid). False: conv and sigmoid only (CBAM's spatial head): a ReLU on
+            the one-channel attended embedding passes nothing once that map is below 0 everywhere.
 
     Forward:
         bag: (B, N, C, *spatial) features in z order.
@@ -55,16 +64,20 @@ class VolumetricAttention(nn.Module):
     channel: Final[bool]
     spatial: Final[bool]
     spatial_scale: Final[bool]
+    gate_norm: Final[bool]
 
     def __init__(
         self,
         spatial_dims: int,
         in_channels: int,
         reduction: int = 16,
+        min_hidden: int = 1,
         spatial_kernel_size: int = 7,
         channel: bool = True,
         spatial: bool = True,
         spatial_scale: bool = False,
+        gate_norm: bool = False,
+        spatial_relu: bool = True,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -74,8 +87,9 @@ class VolumetricAttention(nn.Module):
         self.channel = channel
         self.spatial = spatial
         self.spatial_scale = spatial_scale
+        self.gate_norm = gate_norm
         if channel:
-            hidden = max(in_channels // reduction, 1)
+            hidden = max(in_channels // reduction, min_hidden, 1)
             # F_emb^c = W2 relu(W1 F_avg^c(.)), shared by target and bag (eq. 2).
             self.channel_embedding = nn.Sequential(
                 conv(in_channels, hidden, 1), nn.ReLU(inplace=True), conv(hidden, in_channels, 1)
@@ -86,8 +100,10 @@ class VolumetricAttention(nn.Module):
             pad = spatial_kernel_size // 2
             # vague: "W is a learned convolutional weight layer"; a 2 -> 1 channel k x k convolution as in CBAM.
             self.spatial_embedding = conv(2, 1, spatial_kernel_size, padding=pad)
-            # vague: "an architecture similar to that of Section 2.2"; relu -> k x k conv (1 -> 1) -> sigmoid.
-            self.spatial_head = nn.Sequential(nn.ReLU(), conv(1, 1, spatial_kernel_size, padding=pad), nn.Sigmoid())
+            # vague: "an architecture similar to that of Section 2.2"; relu -> k x k conv (1 -> 1) -> sigmoid
+            # (spatial_relu False: no relu on the one-channel map, as CBAM's conv -> sigmoid).
+            first = nn.ReLU() if spatial_relu else nn.Identity()
+            self.spatial_head = nn.Sequential(first, conv(1, 1, spatial_kernel_size, padding=pad), nn.Sigmoid())
 
     def channel_attention(self, bag: torch.Tensor, target_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 2. Returns (slice attention S_att^c (B, N), channel gate S_c (B, C, 1, ...))."""
@@ -97,7 +113,10 @@ class VolumetricAttention(nn.Module):
         emb = self.channel_embedding(pooled).reshape(b, n, c)  # F_emb^c of every bag member (target included)
         att = bag_softmax(emb[:, target_index], emb)
         attended = torch.einsum("bn,bnc->bc", att, emb).reshape([b, c] + ones)
-        return att, self.channel_head(attended)
+        gate = self.channel_head(attended)
+        if self.gate_norm:
+            gate = gate / gate.mean(dim=1, keepdim=True)
+        return att, gate
 
     def spatial_attention(
         self, bag: torch.Tensor, target_index: int, channel_gate: torch.Tensor | None = None
@@ -124,7 +143,10 @@ class VolumetricAttention(nn.Module):
             target = target / emb.shape[2]
         att = bag_softmax(target, emb)
         attended = torch.einsum("bn,bnl->bl", att, emb).reshape([b, 1] + spatial)
-        return att, self.spatial_head(attended)
+        gate = self.spatial_head(attended)
+        if self.gate_norm:
+            gate = gate / gate.flatten(1).mean(dim=1).reshape([b] + [1] * (self.spatial_dims + 1))
+        return att, gate
 
     def forward(self, bag: torch.Tensor, target_index: int | None = None) -> torch.Tensor:
         if bag.ndim != self.spatial_dims + 3:
