@@ -153,3 +153,46 @@ def test_cli_context_option(tmp_path):
     assert run("true", "on").returncode == 0 and (tmp_path / "on" / LOOKALIKES_NAME).is_file()
     refused = run("maybe", "bad")
     assert refused.returncode == 1 and refused.stderr.strip().count("\n") == 0 and "--context true" in refused.stderr
+
+
+@pytest.mark.parametrize("thickness", [0.7, 2.5, 5.0])
+def test_phantoms_made_for_a_bag_end_lesions_within_its_reach(thickness):
+    """--context_bag 9: every lesion ends beyond the band but within what a bag of 9 reads (a volume slice it reads
+    lies beyond the end), the look-alike runs on to that slice, and the target image still reads the same HU for
+    both versions; --max_lookalikes 1 leaves one look-alike."""
+    rng = np.random.default_rng(4)
+    anatomy, grid, objects, lookalikes = phantoms._draw_case(
+        rng, SHAPE, thickness, True, context_bag=9, max_lookalikes=1
+    )
+    band = phantoms.context_band_mm(grid[1])
+    reach = phantoms.bag_reach_mm(thickness, 9)
+    assert reach == pytest.approx(thickness * np.ceil(19.5 / thickness - 1e-9))  # 13 slices of 1.5 mm and beyond
+    assert len(lookalikes) == 1 and len(objects) >= 2
+    as_lesions = [dataclasses.replace(o, shape=o.shape.blob) if i in lookalikes else o for i, o in enumerate(objects)]
+    tubes = ct.make_abdomen(np.random.default_rng(1), *grid, objects, anatomy)
+    blobs = ct.make_abdomen(np.random.default_rng(1), *grid, as_lesions, anatomy)
+    dz = np.abs(ct.ras_grid(*grid)[2].ravel() - objects[0].shape.center[2])
+    read = band - ct.blur_reach(grid[1])[2] * thickness
+    assert np.array_equal(tubes.hu[..., dz <= read + 1e-4], blobs.hu[..., dz <= read + 1e-4])
+    last = np.abs(dz - reach) < 1e-4  # the farthest volume slice the bag reads
+    for i, obj in enumerate(as_lesions):
+        end = obj.shape.radii[2]
+        assert band < end < reach
+        assert not (blobs.lesions[..., last] == i + 1).any()  # every lesion has ended there
+    (i,) = lookalikes
+    x, y, z = objects[i].shape.center
+    for side in (-1, 1):  # its look-alike runs on to the farthest slice read, either way (the liver may clip it)
+        assert objects[i].shape.contains(np.array(x), np.array(y), np.array(z + side * reach))
+        assert not as_lesions[i].shape.contains(np.array(x), np.array(y), np.array(z + side * reach))
+
+
+def test_context_bag_options_are_refused_without_context_or_within_the_band(tmp_path):
+    with pytest.raises(ValueError, match="give them with --context true"):
+        phantoms.make_phantoms(tmp_path / "a", num_cases=1, context_bag=9)
+    with pytest.raises(ValueError, match="a bag of 1 reads 5 mm from the target at 5 mm slices, not beyond"):
+        phantoms._context_objects(np.random.default_rng(0), *_anatomy_grid(5.0), context_bag=1)
+
+
+def _anatomy_grid(thickness: float):
+    anatomy, grid, _, _ = phantoms._draw_case(np.random.default_rng(2), SHAPE, thickness, False)
+    return (anatomy, *grid)

@@ -20,6 +20,10 @@ TUBE_HALF_LENGTH_MM = (30.0, 60.0)
 """A look-alike runs this far (mm, drawn uniformly) each way from its centre."""
 LESION_END_BANDS = (1.45, 1.6)
 """An object's z radius, in bands (drawn uniformly): a lesion ends just beyond the band."""
+REACH_END_SHARE = (0.25, 0.75)
+"""With a reach (:func:`make_lookalikes`): where between the band and the reach a lesion's end may fall."""
+REACH_TUBE_MM = (0.0, 10.0)
+"""With a reach: how far beyond it a look-alike runs (mm, drawn uniformly)."""
 
 
 def band_mm(interval: float, reach_mm: float, margin_slices: int) -> float:
@@ -54,20 +58,38 @@ class Tube:
 
 
 def make_lookalikes(
-    rng: np.random.Generator, lesions: list[ct.Lesion], band: float
+    rng: np.random.Generator,
+    lesions: list[ct.Lesion],
+    band: float,
+    reach: float | None = None,
+    max_lookalikes: int | None = None,
 ) -> tuple[list[ct.Lesion], set[int]]:
     """Flatten every lesion along z to end :data:`LESION_END_BANDS` bands from its centre, then turn some of them
     (at least one, never all; none of a single lesion) into :class:`Tube` look-alikes running
     :data:`TUBE_HALF_LENGTH_MM` each way; return the objects and the indices of the look-alikes. The roles are drawn
-    after the objects, so a look-alike's site, size and HU follow the lesions' distribution."""
+    after the objects, so a look-alike's site, size and HU follow the lesions' distribution.
+
+    ``reach``: the farthest distance (mm) from the centre that an image of the bag the phantoms are made for reads
+    (the last volume slice it interpolates from). Then every lesion keeps the z radius of a round lesion (its mean
+    in-plane radius) clipped to end within the reach, :data:`REACH_END_SHARE` of the way from the band to it, and
+    look-alikes run :data:`REACH_TUBE_MM` beyond the reach: the bag sees every lesion end at every slice thickness,
+    and a look-alike adds no more than it needs to be told apart. ``max_lookalikes``: at most that many look-alikes
+    (still at least one of two or more objects, when positive)."""
     objects = []
     for lesion in lesions:
         shape = lesion.shape
-        radii = (shape.radii[0], shape.radii[1], band * rng.uniform(*LESION_END_BANDS))
-        objects.append(dataclasses.replace(lesion, shape=ct.Ellipsoid(shape.center, radii, shape.angle)))
+        if reach is None:
+            end = band * rng.uniform(*LESION_END_BANDS)
+        else:
+            low, high = (band + share * (reach - band) for share in REACH_END_SHARE)
+            end = float(np.clip((shape.radii[0] + shape.radii[1]) / 2, low, high))
+        objects.append(
+            dataclasses.replace(lesion, shape=ct.Ellipsoid(shape.center, (*shape.radii[:2], end), shape.angle))
+        )
     count = int(rng.integers(1, len(objects))) if len(objects) > 1 else 0
+    count = count if max_lookalikes is None else min(count, max_lookalikes)
     lookalikes = {int(i) for i in rng.permutation(len(objects))[:count]}
     for i in lookalikes:
-        tube = Tube(objects[i].shape, band, rng.uniform(*TUBE_HALF_LENGTH_MM))
-        objects[i] = dataclasses.replace(objects[i], shape=tube)
+        length = rng.uniform(*TUBE_HALF_LENGTH_MM) if reach is None else reach + rng.uniform(*REACH_TUBE_MM)
+        objects[i] = dataclasses.replace(objects[i], shape=Tube(objects[i].shape, band, length))
     return objects, lookalikes

@@ -41,6 +41,14 @@ def context_band_mm(spacing) -> float:
     return band_mm(spacing[2], RESAMPLED_THICKNESS_MM, ct.blur_reach(spacing)[2])
 
 
+def bag_reach_mm(thickness: float, bag_size: int) -> float:
+    """The farthest volume slice (mm from the target) that a bag of ``bag_size`` 2.5D images reads: its outermost
+    image is centred ``3 (N // 2)`` resampled slices away (three slices per image, VA sec. 3.2) and reads one more,
+    each interpolated between the two volume slices of ``thickness`` mm around it."""
+    offset = (3 * (bag_size // 2) + 1) * RESAMPLED_THICKNESS_MM
+    return thickness * math.ceil(offset / thickness - 1e-9)
+
+
 def _grid_period_mm(thickness: float) -> float:
     """Smallest distance (mm) that is a whole number of both ``thickness`` and 1.5 mm: slices of the volume that
     the resampling keeps as they are lie this far apart."""
@@ -48,13 +56,22 @@ def _grid_period_mm(thickness: float) -> float:
     return math.lcm(a.numerator, b.numerator) / math.gcd(a.denominator, b.denominator)
 
 
-def _context_objects(rng, anatomy: ct.Anatomy, shape, spacing, z_center: float) -> tuple[list[ct.Lesion], set[int]]:
+def _context_objects(
+    rng,
+    anatomy: ct.Anatomy,
+    shape,
+    spacing,
+    z_center: float,
+    context_bag: int | None = None,
+    max_lookalikes: int | None = None,
+) -> tuple[list[ct.Lesion], set[int]]:
     """2-5 liver objects of VA Table 2's sizes on one axial level, then some of them turned into look-alikes
-    (:func:`shared.phantoms.context.make_lookalikes` with :func:`context_band_mm`); return the objects and the
-    indices of the look-alikes. The level is a slice of the volume that resampling to 1.5 mm keeps (the first
-    slice plus a multiple of :func:`_grid_period_mm`), near the middle of the liver and of the field of view.
-    Every object draws its texture from its own seed, so its look-alike and lesion versions differ only where
-    their shapes do."""
+    (:func:`shared.phantoms.context.make_lookalikes` with :func:`context_band_mm`; ``context_bag``: lesions end, and
+    look-alikes run on, within :func:`bag_reach_mm` of a bag of that size; ``max_lookalikes``: at most that many);
+    return the objects and the indices of the look-alikes. The level is a slice of the volume that resampling to
+    1.5 mm keeps (the first slice plus a multiple of :func:`_grid_period_mm`), near the middle of the liver and of
+    the field of view. Every object draws its texture from its own seed, so its look-alike and lesion versions
+    differ only where their shapes do."""
     z = ct.ras_grid(shape, spacing, z_center)[2].ravel()
     step = round(_grid_period_mm(spacing[2]) / spacing[2])  # volume slices between two kept slices
     liver = anatomy.liver[0]
@@ -65,19 +82,26 @@ def _context_objects(rng, anatomy: ct.Anatomy, shape, spacing, z_center: float) 
         lesion = ct.place_lesion(rng, anatomy, ct.LesionRequest("liver", _diameter(rng), level), placed)
         if lesion is not None:
             placed.append(dataclasses.replace(lesion, texture_seed=int(rng.integers(2**63))))
-    return make_lookalikes(rng, placed, context_band_mm(spacing))
+    band = context_band_mm(spacing)
+    reach = None if context_bag is None else bag_reach_mm(spacing[2], context_bag)
+    if reach is not None and reach <= band:
+        raise ValueError(
+            f"a bag of {context_bag} reads {reach:g} mm from the target at {spacing[2]:g} mm slices, not beyond the "
+            f"{band:g} mm band that its target image reads: give a larger --context_bag"
+        )
+    return make_lookalikes(rng, placed, band, reach, max_lookalikes)
 
 
-def _draw_case(rng, shape, thickness: float, with_context: bool):
+def _draw_case(rng, shape, thickness: float, with_context: bool, **context_options):
     """Draw a volume's anatomy, grid ((rows, cols, slices), spacing, z centre) and lesions (requests, or context
-    objects) and the indices of its look-alikes."""
+    objects, :func:`_context_objects` with ``context_options``) and the indices of its look-alikes."""
     anatomy = ct.sample_anatomy(rng)
     rows, cols, slices = shape
     pixel = 2 * anatomy.body.radii[0] * rng.uniform(1.05, 1.2) / max(rows, cols)
     num_slices = max(3, round(slices * RESAMPLED_THICKNESS_MM / thickness))
     grid = ((rows, cols, num_slices), (pixel, pixel, thickness), rng.uniform(30, 60))
     if with_context:
-        return anatomy, grid, *_context_objects(rng, anatomy, *grid)
+        return anatomy, grid, *_context_objects(rng, anatomy, *grid, **context_options)
     return anatomy, grid, _lesion_requests(rng), set()
 
 
@@ -104,7 +128,14 @@ def _write_case(case: ct.Phantom, lookalikes: set[int], path: Path, label_path: 
 
 
 def make_phantoms(
-    out_dir, num_cases: int = DEMO_NUM_CASES, seed: int = 0, shape=DEMO_SHAPE, num_test: int = 1, context: bool = False
+    out_dir,
+    num_cases: int = DEMO_NUM_CASES,
+    seed: int = 0,
+    shape=DEMO_SHAPE,
+    num_test: int = 1,
+    context: bool = False,
+    context_bag: int | None = None,
+    max_lookalikes: int | None = None,
 ) -> Path:
     """Write ``num_cases`` labelled volumes (``volume-0.nii``, ...) and ``num_test`` unlabelled
     ``test-volume-N.nii`` in the LiTS layout (LAS, int16 HU, uint8 labels); return the root.
@@ -121,7 +152,17 @@ def make_phantoms(
     tube 30-60 mm each way while lesions end 1.45-1.6 bands from the level. Look-alikes are labelled liver; the
     voxel of each nearest its centre is in ``context_lookalikes.json`` (``{volume file: [[i, j, k], ...]}``,
     indices of the written image).
+
+    ``context_bag`` N (with ``context``): made for a bag of N images. Lesions are as round along z as in-plane, but
+    end within what such a bag reads (:func:`bag_reach_mm`, 19.5-20 mm for N = 9) at every slice thickness, and
+    look-alikes run up to 10 mm beyond it instead of 30-60 mm (:func:`shared.phantoms.context.make_lookalikes`):
+    the bag sees every lesion end, and a detector that cannot tell look-alikes from lesions loses less to them.
+    ``max_lookalikes`` (with ``context``): at most that many look-alikes per volume (at least one where two or more
+    objects fit).
     """
+    if (context_bag is not None or max_lookalikes is not None) and not context:
+        raise ValueError("--context_bag and --max_lookalikes shape context phantoms: give them with --context true")
+    options = {"context_bag": context_bag, "max_lookalikes": max_lookalikes}
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     jobs = [(f"volume-{n}.nii", f"segmentation-{n}.nii", n) for n in range(num_cases)]
@@ -130,7 +171,7 @@ def make_phantoms(
     for image_name, label_name, key in tqdm(jobs, desc="lits phantoms", unit="volume", disable=None):
         thickness = THICKNESSES_MM[(key + seed) % len(THICKNESSES_MM)]
         rng = np.random.default_rng([seed, key])
-        anatomy, grid, lesions, chosen = _draw_case(rng, shape, thickness, context)
+        anatomy, grid, lesions, chosen = _draw_case(rng, shape, thickness, context, **options)
         case = ct.make_abdomen(rng, *grid, lesions, anatomy)
         label_path = root / label_name if label_name else None
         lookalikes[image_name] = _write_case(case, chosen, root / image_name, label_path)
