@@ -9,6 +9,7 @@ object) as the last line of its stdout (:func:`add_arguments` declares those opt
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -83,29 +84,44 @@ def evaluation_workflow(configs: Path, overrides: dict):
 
 
 def train_and_evaluate(
-    configs: Path, overrides: dict, eval_overrides: dict, check: Callable[[object, str], dict], name: str
+    configs: Path,
+    overrides: dict,
+    eval_overrides: dict,
+    check: Callable[[object, str], dict],
+    name: str,
+    watch: Callable[[str, object, object], contextlib.AbstractContextManager[dict]] | None = None,
 ) -> tuple[dict, dict]:
     """Train with ``train.json`` and ``overrides``, then evaluate with ``evaluate.json`` and ``eval_overrides`` on top;
     ``check(network, "trainer's" | "evaluated")`` reads each network before it runs (and stops a mislabelled arm).
-    Returns what ``check`` read of the evaluated network and the costs (wall and CPU seconds, this process's peak
-    RSS: the arm runs alone in it)."""
+    ``watch(phase, network, engine)``, if given, is entered around training (``"training"``, the trainer) and
+    around evaluation (``"evaluation"``, engine None) and yields a dict it fills while they run; the two dicts join
+    what ``check`` read under ``"training_watch"`` and ``"evaluation_watch"``.
+    Returns what ``check`` read of the evaluated network (and what was watched) and the costs (wall and CPU seconds,
+    this process's peak RSS: the arm runs alone in it)."""
+    watch = watch or (lambda phase, network, engine: contextlib.nullcontext({}))
     start, cpu_start = time.perf_counter(), time.process_time()
     training = workflow(configs, str(configs / "train.json"), overrides)
-    trained = check(training.parser.get_parsed_content("train#trainer").network, "trainer's")
+    trainer = training.parser.get_parsed_content("train#trainer")
+    trained = check(trainer.network, "trainer's")
     print(f"{name}: {trained}", flush=True)
-    training.run()
+    with watch("training", trainer.network, trainer) as training_watch:
+        training.run()
     train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start
 
     start = time.perf_counter()
     evaluating = evaluation_workflow(configs, {**overrides, **eval_overrides})
-    evaluated = check(evaluating.parser.get_parsed_content("network"), "evaluated")
-    evaluating.run()
+    network = evaluating.parser.get_parsed_content("network")
+    evaluated = check(network, "evaluated")
+    with watch("evaluation", network, None) as evaluation_watch:
+        evaluating.run()
     costs = {
         "train_s": train_s,
         "train_cpu_s": train_cpu_s,  # CPU time of all threads: what free cores would need
         "eval_s": time.perf_counter() - start,
         "peak_rss_mib": peak_mib("cpu"),
     }
+    if training_watch or evaluation_watch:
+        evaluated = {**evaluated, "training_watch": training_watch, "evaluation_watch": evaluation_watch}
     return evaluated, costs
 
 
@@ -122,8 +138,9 @@ def run_arms(
     unit: str = "epochs",
 ) -> list[dict]:
     """Run ``script``'s child for every arm and seed in a process of its own, ``parallel`` at a time with the cores
-    split between them, ``budget`` given as ``--<unit>``; print ``describe(record)`` as each ends; return the records
-    by arm (in the order of ``arms``) and seed."""
+    split between them, started arm by arm in the order of ``arms`` (give the slowest first: the others fill in
+    beside it), ``budget`` given as ``--<unit>``; print ``describe(record)`` as each ends; return the records by arm
+    (in the order of ``arms``) and seed."""
     threads = str(max(1, (os.cpu_count() or 1) // parallel))
     env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
@@ -134,7 +151,7 @@ def run_arms(
 
     records = []
     with ThreadPoolExecutor(max_workers=parallel) as pool:
-        for done in as_completed([pool.submit(one, arm, seed) for seed in seeds for arm in arms]):
+        for done in as_completed([pool.submit(one, arm, seed) for arm in arms for seed in seeds]):
             record = done.result()
             records.append(record)
             print(f"done {record['arm']} seed {record['seed']}: {describe(record)}", flush=True)

@@ -52,10 +52,12 @@ the pipeline.
 """
 
 import argparse
+import contextlib
 import functools
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -64,30 +66,47 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import ablation  # noqa: E402
+from benchmarks.va_block_stats import recorded_block_stats, summaries  # noqa: E402
 from shared.phantoms.context import LOOKALIKES_NAME  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "va_maskrcnn_lits" / "configs"
 SPLIT_SEED = 0  # the datalist's shuffle: the same held-out volumes for every seed
 
-# arm -> (the model it claims to be, the VA blocks its network must hold, its knobs as the command line gives them)
+FIXED_FORM = {"spatial_scale": "true", "gate_norm": "true", "min_hidden": 16, "spatial_relu": "false"}
+"""The block form the VA arms train with (``--form fixed``, the default): eq. 3's product divided by H*W, gates
+divided by their mean, at least 16 hidden units in eq. 2's embedding, no ReLU starting the spatial head: what the
+block needed to pass ``benchmarks/va_context_probe.py`` (bundle docs)."""
+PAPER_FORM = {"spatial_scale": "false", "gate_norm": "false", "min_hidden": 1, "spatial_relu": "true"}
+"""Eq. 2-3 as written (the bundle's defaults): the ``full_paper`` arm, and every VA arm with ``--form paper``."""
+FORMS = {"fixed": FIXED_FORM, "paper": PAPER_FORM}
+VA = {"attention": "true"}
+
+# arm -> (the model it claims to be, the VA blocks its network must hold, its knobs as the command line gives them);
+# the VA arms' block form (FIXED_FORM or PAPER_FORM) is added by arm_overrides unless the arm sets its own
 ARMS = {
     "baseline": ("2.5D Mask R-CNN (no VA)", (), {"attention": "false"}),
     "channel": (
         "VA Mask R-CNN, channel attention only",
         ("channel",),
-        {"attention": "true", "channel_attention": "true", "spatial_attention": "false"},
+        {**VA, "channel_attention": "true", "spatial_attention": "false"},
     ),
     "spatial": (
         "VA Mask R-CNN, spatial attention only",
         ("spatial",),
-        {"attention": "true", "channel_attention": "false", "spatial_attention": "true"},
+        {**VA, "channel_attention": "false", "spatial_attention": "true"},
     ),
     "full": (
         "VA Mask R-CNN (channel + spatial)",
         ("channel", "spatial"),
-        {"attention": "true", "channel_attention": "true", "spatial_attention": "true"},
+        {**VA, "channel_attention": "true", "spatial_attention": "true"},
+    ),
+    "full_paper": (
+        "VA Mask R-CNN (channel + spatial), eq. 2-3 as written",
+        ("channel", "spatial"),
+        {**VA, "channel_attention": "true", "spatial_attention": "true", **PAPER_FORM},
     ),
 }
+DEFAULT_ARMS = ["full", "baseline"]  # the issue's must-haves, the slower first; --arms adds the others
 
 DEMO_ARGS = REPO / "scripts" / "va_maskrcnn_lits_demo_args.json"
 """The demo job's sizes, which every arm trains with, but for the bag (see the module docstring)."""
@@ -98,22 +117,49 @@ SMOKE_OVERRIDES = {"image_size": 32, "proposals_train": 50, "proposals_test": 20
 
 
 def va_blocks(network) -> dict:
-    """The VA blocks (``channel``, ``spatial``) a VA Mask R-CNN holds, the backbone images each target reads (the
-    bag size N with attention, 1 without) and its parameter count, read from the object."""
+    """The VA blocks (``channel``, ``spatial``) a VA Mask R-CNN holds, their form (``spatial_scale``, ``gate_norm``,
+    ``spatial_relu``, the channel embedding's hidden units: ``channel_hidden``; the first block's, all alike), the
+    backbone images each target reads (the bag size N with attention, 1 without) and its parameter count, read from
+    the object."""
+    from torch import nn
+
     from shared.networks.blocks.volumetric_attention import VolumetricAttention
 
     found = [m for m in network.modules() if isinstance(m, VolumetricAttention)]
+    form = {}
+    if found:
+        block = found[0]
+        form = {"spatial_scale": block.spatial_scale, "gate_norm": block.gate_norm}
+        if block.spatial:
+            form["spatial_relu"] = isinstance(block.spatial_head[0], nn.ReLU)
+        if block.channel:
+            form["channel_hidden"] = block.channel_embedding[0].out_channels
     return {
         "blocks": [name for name in ("channel", "spatial") if any(getattr(m, name) for m in found)],
+        "form": form,
         "images_per_target": len(network.backbone.image_offsets),
         "bag_size": network.backbone.bag_size,
         "parameters": sum(p.numel() for p in network.parameters()),
     }
 
 
-def check_arm(arm: str, network, what: str) -> dict:
-    """:func:`va_blocks` of ``network``; stops the run if they are not those ``arm`` claims (its blocks, and 1 image
-    per target without VA, the whole bag with it)."""
+def claimed_form(knobs: dict, channels: int) -> dict:
+    """The block form that the knobs ``knobs`` (command-line strings) give blocks of ``channels`` channels, in the
+    terms of :func:`va_blocks`."""
+    blocks = [name for name in ("channel", "spatial") if knobs.get(f"{name}_attention") == "true"]
+    if knobs.get("attention") != "true" or not blocks:
+        return {}
+    form = {"spatial_scale": knobs["spatial_scale"] == "true", "gate_norm": knobs["gate_norm"] == "true"}
+    if "spatial" in blocks:
+        form["spatial_relu"] = knobs["spatial_relu"] == "true"
+    if "channel" in blocks:
+        form["channel_hidden"] = max(channels // 16, int(knobs["min_hidden"]), 1)
+    return form
+
+
+def check_arm(arm: str, knobs: dict, network, what: str) -> dict:
+    """:func:`va_blocks` of ``network``; stops the run if they are not those ``arm`` claims: its blocks, 1 image per
+    target without VA and the whole bag with it, and the block form its ``knobs`` (the arm's overrides) set."""
     found = va_blocks(network)
     model, claimed = ARMS[arm][0], list(ARMS[arm][1])
     if found["blocks"] != claimed:
@@ -124,6 +170,9 @@ def check_arm(arm: str, network, what: str) -> dict:
             f"arm {arm} ({model}): the {what} network reads {found['images_per_target']} backbone images per target, "
             f"not {images}"
         )
+    form = claimed_form(knobs, int(knobs["fpn_channels"]))
+    if found["form"] != form:
+        raise SystemExit(f"arm {arm} ({model}): the {what} network's VA blocks are {found['form']}, not {form}")
     return found
 
 
@@ -205,6 +254,33 @@ def score(pred_dir: Path, entries: list[dict], lookalikes: dict) -> dict:
     }
 
 
+@contextlib.contextmanager
+def watched_blocks(phase: str, network, trainer) -> Iterator[dict]:
+    """The VA blocks' measurements (``benchmarks/va_block_stats.py``) per FPN level: in training one window per epoch
+    (``{"epochs": [{"epoch", "levels": {level: summary}}, ...]}``), in evaluation one over the held-out volumes
+    (``{"levels": ...}``); nothing for a network without VA blocks before the RPN."""
+    from ignite.engine import Events
+
+    blocks = dict(network.backbone.attention.items()) if hasattr(network.backbone, "attention") else {}
+    log: dict = {}
+    if not blocks:
+        yield log
+        return
+    with recorded_block_stats(blocks) as stats:
+        if trainer is not None:
+            log["epochs"] = []
+
+            def epoch_done(engine) -> None:
+                log["epochs"].append({"epoch": engine.state.epoch, "levels": summaries(stats, reset=True)})
+
+            trainer.add_event_handler(Events.EPOCH_COMPLETED, epoch_done)
+        yield log
+        if trainer is None:
+            log["levels"] = summaries(stats)
+        else:
+            trainer.remove_event_handler(epoch_done, Events.EPOCH_COMPLETED)
+
+
 def run_arm(arm: str, seed: int, data: Path, arm_dir: Path, epochs: int, extra: dict) -> dict:
     """Train one arm with one seed through the bundle, evaluate it on the held-out volumes, return its record."""
     from shared.data.lits import make_datalist
@@ -212,8 +288,10 @@ def run_arm(arm: str, seed: int, data: Path, arm_dir: Path, epochs: int, extra: 
     overrides = arm_overrides(arm, seed, data, arm_dir, epochs, extra)
     eval_dir = arm_dir / "eval"
     evaluation = held_out_evaluation(arm_dir, epochs, eval_dir)
-    check = functools.partial(check_arm, arm)
-    evaluated, costs = ablation.train_and_evaluate(CONFIGS, overrides, evaluation, check, f"arm {arm} seed {seed}")
+    check = functools.partial(check_arm, arm, overrides)
+    evaluated, costs = ablation.train_and_evaluate(
+        CONFIGS, overrides, evaluation, check, f"arm {arm} seed {seed}", watched_blocks
+    )
     entries = make_datalist(data, seed=SPLIT_SEED)["validation"]
     lookalikes = json.loads((data / LOOKALIKES_NAME).read_text())
     return {
@@ -252,9 +330,11 @@ def summarize(records: list[dict], settings: dict) -> tuple[list[dict], str]:
     lines = [
         f"Held-out context phantoms: {first['volumes']} volumes (the 25 % quarter of the 75/25 split), "
         f"{first['lesions']} lesions, {first['lookalikes']} look-alikes; {settings['epochs']} epochs of "
-        f"{sizes['samples_per_epoch']} slices per model, each starting from the backbone and RPN of a 2.5D Mask "
-        f"R-CNN trained {settings['pretrain_epochs']} epochs on plain phantoms; seeds {settings['seeds']}; "
+        f"{sizes['samples_per_epoch']} slices per model, each starting from the "
+        f"{', '.join(sizes.get('pretrained_parts', ['backbone', 'rpn']))} of a 2.5D Mask R-CNN trained "
+        f"{settings['pretrain_epochs']} epochs on plain phantoms; seeds {settings['seeds']}; "
         f"bag N = {sizes['bag_size']}; "
+        f"VA block form {settings.get('form', 'paper')}; phantoms {settings.get('phantom_context', {})}; "
         f"{settings['parallel']} process(es) at a time, {settings['threads']} thread(s) each. Lesion Dice per case "
         "(LiTS), lesion false positives per volume (predicted lesion components touching no lesion), look-alikes hit "
         "(centre voxel predicted lesion); mean +- sd over seeds.",
@@ -271,9 +351,13 @@ def summarize(records: list[dict], settings: dict) -> tuple[list[dict], str]:
     return rows, "\n".join(lines + ablation.markdown_table(columns, cells)) + "\n"
 
 
-def make_data(out: Path, cases: int, shape: list[int]) -> Path:
-    """Context phantom LiTS root for the run, through the command line (written once, reused when present)."""
-    options = ("--shape", json.dumps(shape), "--num_test", "0")
+def make_data(out: Path, cases: int, shape: list[int], context_options: dict) -> Path:
+    """Context phantom LiTS root for the run, through the command line (written once, reused when present);
+    ``context_options``: ``context_bag`` and ``max_lookalikes`` (None: left out, the phantoms' defaults)."""
+    options = ["--shape", json.dumps(shape), "--num_test", "0"]
+    options += [
+        item for key, value in context_options.items() if value is not None for item in (f"--{key}", str(value))
+    ]
     return ablation.phantoms(out / "lits_context", "lits", cases, LOOKALIKES_NAME, *options)
 
 
@@ -308,35 +392,54 @@ def pretrain(out: Path, cases: int, shape: list[int], extra: dict, epochs: int) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ablation.add_arguments(parser, list(ARMS), REPO / "outputs" / "va_ablation", epochs=4, smoke=SMOKE)
+    ablation.add_arguments(parser, list(ARMS), REPO / "outputs" / "va_ablation", epochs=5, smoke=SMOKE)
+    parser.set_defaults(arms=DEFAULT_ARMS)
     parser.add_argument("--samples", type=int, default=200, help="training slices per epoch")
     parser.add_argument("--cases", type=int, default=32, help="context phantom volumes (25 %% held out)")
     parser.add_argument("--shape", type=int, nargs=3, default=[128, 128, 64], help="phantom rows, cols, 1.5 mm slices")
-    parser.add_argument("--pretrain_epochs", type=int, default=8, help="epochs of the detector the arms start from")
+    parser.add_argument("--pretrain_epochs", type=int, default=18, help="epochs of the detector the arms start from")
+    parser.add_argument(
+        "--context_bag", type=int, default=9, help="phantoms made for this bag (0: the default phantoms)"
+    )
+    parser.add_argument("--max_lookalikes", type=int, default=1, help="look-alikes per volume at most (0: no limit)")
+    parser.add_argument(
+        "--form", choices=list(FORMS), default="fixed", help="block form of the VA arms (full_paper's is the paper's)"
+    )
+    parser.add_argument(
+        "--pretrained_parts",
+        nargs="+",
+        default=["backbone", "rpn", "roi_heads"],
+        help="what each arm copies from the pre-trained detector",
+    )
     args = parser.parse_args()
 
     if args.arm:
         record = run_arm(args.arm, args.seed, args.data, args.out, args.epochs, args.overrides)
         print(json.dumps(record))  # the last line of stdout: the record run_child reads
         return
-    extra = {"samples_per_epoch": args.samples, **(json.loads(args.args_file.read_text()) if args.args_file else {})}
+    extra = {**FORMS[args.form], "samples_per_epoch": args.samples}
+    extra |= json.loads(args.args_file.read_text()) if args.args_file else {}
     if args.smoke:
         args.seeds, args.epochs, args.samples, args.cases, args.shape, args.pretrain_epochs = SMOKE.values()
         extra = {**extra, **SMOKE_OVERRIDES, "samples_per_epoch": args.samples}
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    data = make_data(out, args.cases, args.shape)
+    context_options = {"context_bag": args.context_bag or None, "max_lookalikes": args.max_lookalikes or None}
+    data = make_data(out, args.cases, args.shape, context_options)
     pretrained = pretrain(out, args.cases, args.shape, extra, args.pretrain_epochs)
     extra = {**extra, "pretrained": "true", "pretrained_path": str(pretrained), "frozen_batchnorm": "true"}
+    extra["pretrained_parts"] = args.pretrained_parts
     parallel = max(1, args.jobs)
     settings = {
         "arms": args.arms,
         "seeds": args.seeds,
         "epochs": args.epochs,
         "pretrain_epochs": args.pretrain_epochs,
+        "form": args.form,
         "phantom_cases": args.cases,
         "phantom_shape": args.shape,
+        "phantom_context": context_options,
         "overrides": {**DEMO_OVERRIDES, **extra},
         **ablation.machine_settings(parallel),
     }

@@ -1,110 +1,92 @@
-"""Where a trained VA arm of ``benchmarks/va_ablation.py`` looks along z: the slice attention of its VA blocks
-(softmax over the N images of the bag; eq. 2 for the channel attention, eq. 3 for the spatial one) on the held-out
-context phantoms, per FPN level: the weight the target image gets, and the weight of the images two or more places
-away (6+ slices), where the look-alikes differ from lesions.
+"""What the VA blocks of a finished ``benchmarks/va_ablation.py`` run did with the bag, per FPN level: the
+measurements of ``benchmarks/va_block_stats.py`` that every VA arm recorded on the held-out volumes (its
+evaluation) and in each training epoch, read from the run's ``ablation.json`` and printed as tables.
 
     PYTHONPATH=. .venv/bin/python benchmarks/va_slice_attention.py --run outputs/va_ablation [--arms full spatial]
-        [--seeds 0 1 2] [--out outputs/va_ablation/slice_attention.json]
+        [--epochs]
 
-Each arm and seed is evaluated again through the bundle (``evaluate.json``, the ablation's overrides and last
-checkpoint), with the blocks' ``channel_attention`` and ``spatial_attention`` wrapped to keep their slice weights.
-A weight of 1 on the target image means the block attends to the target alone and ignores the bag.
+Per arm, level and attention: the slice attention's entropy (``log N`` uniform, 0 one-hot), largest weight, the
+target image's weight and the weight of the images 2 or more places away (6+ slices, where the look-alikes differ
+from lesions; uniform attention gives them ``uniform_far_weight``), mean +- sd over seeds; then the gates: hidden
+units alive in the channel embedding, spread of ``S_c`` across bags, share of active spatial-head ReLU inputs, sd
+of ``S_s`` and the output / target norm ratio. ``--epochs`` adds the training windows of the first seed, one row per
+epoch, to show how the blocks got there.
 """
 
 import argparse
-import contextlib
 import json
 import sys
-import tempfile
-from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import ablation, va_ablation  # noqa: E402
-from shared.networks.blocks.volumetric_attention import VolumetricAttention  # noqa: E402
+from benchmarks import ablation  # noqa: E402
 
-FAR = 2  # images from the target: 2 images = 6 slices (9 mm at 1.5 mm) and beyond
-
-
-@contextlib.contextmanager
-def recorded_slice_weights(weights: dict) -> Iterator[None]:
-    """Within the block, each call of a :class:`VolumetricAttention`'s channel or spatial attention adds its slice
-    weights (B, N) to ``weights[(block, "channel" | "spatial")]``; the class is restored on exit."""
-    originals = {kind: getattr(VolumetricAttention, f"{kind}_attention") for kind in ("channel", "spatial")}
-
-    def recording(kind: str):
-        def wrapped(self, *args, **kwargs):
-            att, gate = originals[kind](self, *args, **kwargs)
-            weights[(self, kind)].append(att.detach().cpu().numpy())
-            return att, gate
-
-        return wrapped
-
-    try:
-        for kind in originals:
-            setattr(VolumetricAttention, f"{kind}_attention", recording(kind))
-        yield
-    finally:
-        for kind, original in originals.items():
-            setattr(VolumetricAttention, f"{kind}_attention", original)
+SLICE_FIGURES = ("entropy", "max_weight", "target_weight", "far_weight")
+GATE_FIGURES = (
+    "channel_hidden_alive",
+    "channel_gate_spread",
+    "spatial_relu_active",
+    "spatial_gate_sd",
+    "norm_ratio",
+)
 
 
-def summarize(weights: dict, levels: dict) -> list[dict]:
-    """Per level and attention: the mean weight of the target image and of the images ``FAR`` or more away."""
+def _cell(values: list[float]) -> str:
+    mean, sd = ablation.mean_sd(values)
+    return f"{mean:.3f} +- {sd:.3f}"
+
+
+def slice_rows(runs: list[dict], arm: str) -> list[list[str]]:
+    """Table rows (level, attention, the :data:`SLICE_FIGURES`) of ``arm``'s held-out measurements over seeds."""
+    levels = [r["evaluation_watch"]["levels"] for r in runs if r["arm"] == arm and r.get("evaluation_watch")]
     rows = []
-    for (block, kind), batches in weights.items():
-        att = np.concatenate(batches)  # (targets, N)
-        n = att.shape[1]
-        offsets = np.abs(np.arange(n) - n // 2)
-        rows.append(
-            {
-                "level": levels[block],
-                "attention": kind,
-                "targets": len(att),
-                "target_weight": float(att[:, offsets == 0].sum(1).mean()),
-                "far_weight": float(att[:, offsets >= FAR].sum(1).mean()),
-                "uniform_far_weight": float((offsets >= FAR).mean()),
-            }
-        )
-    return sorted(rows, key=lambda r: (r["attention"], r["level"]))
+    for level in levels[0] if levels else {}:
+        for kind in ("channel", "spatial"):
+            if f"{kind}_entropy" not in levels[0][level]:
+                continue
+            cells = [_cell([seed[level][f"{kind}_{figure}"] for seed in levels]) for figure in SLICE_FIGURES]
+            rows.append([arm, level, kind, *cells, f"{levels[0][level]['uniform_far_weight']:.3f}"])
+    return rows
 
 
-def arm_weights(run: Path, arm: str, seed: int) -> list[dict]:
-    """Evaluate ``arm``/``seed`` of the ablation in ``run`` again, recording its slice weights."""
-    settings = json.loads((run / "ablation.json").read_text())["settings"]
-    arm_dir = run / f"{arm}_seed{seed}"
-    overrides = va_ablation.arm_overrides(
-        arm, seed, run / "lits_context", arm_dir, settings["epochs"], settings["overrides"]
-    )
-    weights = defaultdict(list)
-    with tempfile.TemporaryDirectory() as tmp, recorded_slice_weights(weights):
-        evaluation = {**overrides, **va_ablation.held_out_evaluation(arm_dir, settings["epochs"], tmp)}
-        evaluating = ablation.evaluation_workflow(va_ablation.CONFIGS, evaluation)
-        network = evaluating.parser.get_parsed_content("network")
-        levels = {block: name for name, block in network.backbone.attention.items()}
-        evaluating.run()
-    return [{"arm": arm, "seed": seed, **row} for row in summarize(weights, levels)]
+def gate_rows(runs: list[dict], arm: str, phase: str = "evaluation") -> list[list[str]]:
+    """Table rows (level, the :data:`GATE_FIGURES` present) of ``arm``'s measurements over seeds; ``phase``
+    ``"evaluation"`` (held out) or ``"epoch N"`` (the training window of epoch N, first seed only)."""
+    if phase == "evaluation":
+        levels = [r["evaluation_watch"]["levels"] for r in runs if r["arm"] == arm and r.get("evaluation_watch")]
+    else:
+        epoch = int(phase.split()[1])
+        first = next(r for r in runs if r["arm"] == arm and r.get("training_watch"))
+        levels = [next(e["levels"] for e in first["training_watch"]["epochs"] if e["epoch"] == epoch)]
+    rows = []
+    for level in levels[0] if levels else {}:
+        cells = [_cell([s[level][f] for s in levels]) if f in levels[0][level] else "-" for f in GATE_FIGURES]
+        rows.append([arm, phase, level, *cells])
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="the --out folder of a finished va_ablation run")
-    parser.add_argument("--arms", nargs="+", default=["full"], choices=["channel", "spatial", "full"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, help="JSON of every row (default: <run>/slice_attention.json)")
+    parser.add_argument("--arms", nargs="+", default=["full", "spatial", "channel"])
+    parser.add_argument("--epochs", action="store_true", help="also the training windows, one per epoch")
     args = parser.parse_args()
-    rows = [row for arm in args.arms for seed in args.seeds for row in arm_weights(args.run, arm, seed)]
-    (args.out or args.run / "slice_attention.json").write_text(json.dumps(rows, indent=1))
-    print("| arm | seed | attention | level | target image | images >= 2 away (uniform) |")
-    print("|---|---:|---|---|---:|---:|")
-    for r in rows:
-        far = f"{r['far_weight']:.3f} ({r['uniform_far_weight']:.3f})"
-        print(f"| {r['arm']} | {r['seed']} | {r['attention']} | {r['level']} | {r['target_weight']:.3f} | {far} |")
+    runs = json.loads((args.run / "ablation.json").read_text())["runs"]
+    columns = [("arm", False), ("level", False), ("attention", False)]
+    columns += [(f, True) for f in ("entropy", "largest weight", "target image", "images >= 2 away", "uniform")]
+    print("\n".join(ablation.markdown_table(columns, [r for arm in args.arms for r in slice_rows(runs, arm)])))
+    print()
+    columns = [("arm", False), ("when", False), ("level", False)]
+    columns += [(f, True) for f in ("hidden alive", "S_c spread", "S_s ReLU active", "S_s sd", "norm ratio")]
+    rows = [r for arm in args.arms for r in gate_rows(runs, arm)]
+    if args.epochs:
+        for arm in args.arms:
+            first = next((r for r in runs if r["arm"] == arm and r.get("training_watch")), None)
+            for epoch in first["training_watch"]["epochs"] if first else []:
+                rows += gate_rows(runs, arm, f"epoch {epoch['epoch']}")
+    print("\n".join(ablation.markdown_table(columns, rows)))
 
 
 if __name__ == "__main__":

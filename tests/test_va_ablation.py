@@ -22,15 +22,22 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("arm", list(ablation.ARMS))
 def test_each_arm_builds_the_model_it_claims(arm, tmp_path):
     """The knobs go in as the lower-case strings the command line gives ('false' must not switch VA on)."""
-    overrides = ablation.arm_overrides(arm, seed=0, data=tmp_path, arm_dir=tmp_path, epochs=2)
+    extra = {**ablation.FIXED_FORM}
+    overrides = ablation.arm_overrides(arm, seed=0, data=tmp_path, arm_dir=tmp_path, epochs=2, extra=extra)
     knobs = ("attention", "channel_attention", "spatial_attention")
     assert all(overrides[k] in ("true", "false") for k in knobs if k in overrides)
     parser = ConfigParser()
     parser.read_config(str(ablation.CONFIGS / "train.json"))
     parser.update(overrides)
     network = parser.get_parsed_content("network_def")
-    found = ablation.check_arm(arm, network, "built")
+    found = ablation.check_arm(arm, overrides, network, "built")
     assert found["blocks"] == list(ablation.ARMS[arm][1])
+    if arm == "baseline":
+        assert found["form"] == {}
+    elif arm == "full_paper":  # eq. 2-3 as written, whatever the run's form: C / 16 = 4 hidden units at 64 channels
+        assert found["form"] == {"spatial_scale": False, "gate_norm": False, "spatial_relu": True, "channel_hidden": 4}
+    else:  # the run's form, here the default (arm_overrides without extra: the demo's sizes only)
+        assert overrides["gate_norm"] == ablation.FIXED_FORM["gate_norm"] == "true"
     assert found["images_per_target"] == (1 if arm == "baseline" else 9) and found["bag_size"] == 9
     assert found["parameters"] == sum(p.numel() for p in network.parameters())
 
@@ -39,16 +46,27 @@ def test_a_mislabelled_arm_is_refused():
     def network(**switches):
         return build_va_mask_rcnn(bag_size=3, backbone="resnet18", min_size=32, max_size=32, **switches)
 
+    def knobs(arm, form=ablation.PAPER_FORM):
+        return {**form, "fpn_channels": 256, **ablation.ARMS[arm][2]}
+
     full, channel, baseline = network(), network(spatial=False), network(attention=False)
     gateless = network(channel=False, spatial=False)  # the whole bag read, no VA block
-    assert ablation.check_arm("full", full, "built")["images_per_target"] == 3
+    fixed = network(spatial_scale=True, gate_norm=True, min_hidden=32, spatial_relu=False)
+    assert ablation.check_arm("full", knobs("full"), full, "built")["images_per_target"] == 3
     with pytest.raises(SystemExit, match=r"arm baseline \(2.5D Mask R-CNN \(no VA\)\): the trainer's network holds"):
-        ablation.check_arm("baseline", full, "trainer's")
+        ablation.check_arm("baseline", knobs("baseline"), full, "trainer's")
     with pytest.raises(SystemExit, match=r"VA blocks \['channel'\], not \['spatial'\]"):
-        ablation.check_arm("spatial", channel, "evaluated")
+        ablation.check_arm("spatial", knobs("spatial"), channel, "evaluated")
     with pytest.raises(SystemExit, match="reads 3 backbone images per target, not 1"):
-        ablation.check_arm("baseline", gateless, "evaluated")
-    assert ablation.check_arm("baseline", baseline, "built")["images_per_target"] == 1
+        ablation.check_arm("baseline", knobs("baseline"), gateless, "evaluated")
+    assert ablation.check_arm("baseline", knobs("baseline"), baseline, "built")["images_per_target"] == 1
+    # the block form: 256 // 16 = 16 hidden units as written, the fixed form's floor 16 (the network has 32)
+    with pytest.raises(SystemExit, match="'gate_norm': True.*not .*'gate_norm': False"):
+        ablation.check_arm("full", knobs("full"), fixed, "built")
+    with pytest.raises(SystemExit, match="'channel_hidden': 32}, not .*'channel_hidden': 16}"):
+        ablation.check_arm("full", knobs("full", ablation.FIXED_FORM), fixed, "built")
+    with pytest.raises(SystemExit, match="'gate_norm': True.*not .*'gate_norm': False"):
+        ablation.check_arm("full_paper", knobs("full_paper", ablation.FIXED_FORM), fixed, "built")
     # channel block per FPN level (256 channels, reduction 16): 256*16+16 + 16*256+256 + 256*256+256; 5 levels
     parameters = {name: ablation.va_blocks(n)["parameters"] for name, n in [("channel", channel), ("base", baseline)]}
     assert parameters["channel"] - parameters["base"] == 5 * (4112 + 4352 + 65792)
