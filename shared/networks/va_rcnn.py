@@ -52,42 +52,22 @@ def paste_labels(
     ``score_threshold``, binarised at ``mask_threshold``; lesions only inside the predicted liver ("the logical AND
     of the predicted liver and lesion masks"). ``lesion_label=None`` keeps every class as is.
 
-    ``num_classes`` (background included; the masks' size is then the map's): the same map painted by a fixed loop
-    over the classes with tensor operations only, which an ONNX trace keeps (:meth:`VAMaskRCNN.batch_outputs`)."""
-    if num_classes is not None:
-        return _paste_labels_traced(detections, score_threshold, mask_threshold, liver_label, lesion_label, num_classes)
-    out = torch.zeros(shape, device=detections["boxes"].device)
-    keep = detections["scores"] >= score_threshold
+    The classes are painted in increasing order with tensor operations only: those found, or with ``num_classes``
+    (background included) every class 1 .. num_classes - 1 (one not found paints nothing, so the map is the same),
+    a loop fixed in advance that an ONNX trace keeps (:meth:`VAMaskRCNN.batch_outputs`). ``shape`` is the masks'
+    (H, W), torchvision's detections being pasted at the image's size."""
     masks = detections["masks"][:, 0] >= mask_threshold
-    labels = detections["labels"]
-    for cls in labels[keep].unique().tolist():
-        if cls != lesion_label:
-            out[masks[keep & (labels == cls)].any(dim=0)] = cls
-    if lesion_label is not None:
-        lesion = masks[keep & (labels == lesion_label)].any(dim=0) & (out == liver_label)
-        out[lesion] = lesion_label
-    return out
-
-
-def _paste_labels_traced(
-    detections: dict[str, torch.Tensor],
-    score_threshold: float,
-    mask_threshold: float,
-    liver_label: int,
-    lesion_label: int | None,
-    num_classes: int,
-) -> torch.Tensor:
-    """:func:`paste_labels` without data-dependent Python: classes 1 .. num_classes - 1 in order (a class that is
-    not found paints nothing, so the map is the same), then lesions inside the liver."""
-    masks = detections["masks"][:, 0] >= mask_threshold
+    if tuple(masks.shape[1:]) != tuple(shape) and not torch.jit.is_tracing():
+        raise ValueError(f"masks of {tuple(masks.shape[1:])} pixels for a label map of {tuple(shape)}")
     keep = detections["scores"] >= score_threshold
     labels = detections["labels"]
     out = torch.zeros_like(masks.any(dim=0), dtype=torch.float32)  # (H, W), also without detections
+    classes = range(1, num_classes) if num_classes is not None else labels[keep].unique().tolist()
 
     def union(cls: int) -> torch.Tensor:
         return (masks & (keep & (labels == cls))[:, None, None]).any(dim=0)
 
-    for cls in range(1, num_classes):
+    for cls in classes:
         if cls != lesion_label:
             out = torch.where(union(cls), float(cls), out)
     if lesion_label is not None:
