@@ -1,28 +1,40 @@
-"""VA against its baseline in miniature (paper 004, Table 2d): the 2.5D Mask R-CNN without volumetric attention, VA
-channel attention only, VA spatial attention only and full VA, trained on the same context phantoms with the same
-budget, several seeds each; lesion Dice per case, lesion false positives per volume and look-alikes hit on the
-held-out volumes.
+"""VA against its baseline in miniature (paper 004, Table 2d): the 2.5D Mask R-CNN without volumetric attention and
+VA Mask R-CNN (channel + spatial attention; ``--arms`` adds channel only, spatial only and full VA with eq. 2-3 as
+written), trained on the same context phantoms with the same budget, several seeds each; lesion Dice per case,
+lesion false positives per volume and look-alikes hit on the held-out volumes.
 
     PYTHONPATH=. .venv/bin/python benchmarks/va_ablation.py [--out outputs/va_ablation]
-        [--arms baseline channel spatial full] [--seeds 0 1 2] [--epochs 4] [--samples 200] [--cases 32]
-        [--shape 128 128 64] [--pretrain_epochs 8] [--jobs 2] [--args_file more_overrides.json] [--smoke]
+        [--arms full baseline] [--seeds 0 1 2] [--epochs 5] [--samples 200] [--cases 32] [--shape 128 128 64]
+        [--pretrain_epochs 18] [--pretrained_parts backbone rpn roi_heads] [--form fixed]
+        [--context_bag 9] [--max_lookalikes 1] [--jobs 2] [--args_file more_overrides.json] [--smoke]
 
-The data are ``python -m shared phantoms lits --context true`` volumes: liver look-alikes that the target 2.5D image
-cannot tell from lesions but the images of a bag of 9 around it can (``shared.phantoms.lits``). Every arm runs the
-real bundle (``monai.bundle``'s ``create_workflow``, what ``python -m monai.bundle run`` calls) on
+The data are ``python -m shared phantoms lits --context true --context_bag 9 --max_lookalikes 1`` volumes: one liver
+look-alike per volume that the target 2.5D image cannot tell from the lesions beside it but the images of a bag of 9
+around it can, every lesion ending within what the bag reads (``shared.phantoms.lits``). Every arm runs the real
+bundle (``monai.bundle``'s ``create_workflow``, what ``python -m monai.bundle run`` calls) on
 ``bundles/va_maskrcnn_lits/configs/train.json``, then ``evaluate.json`` on the held-out quarter of the VA paper's
 75/25 split (the datalist's "validation"; one split for every seed), in a process of its own
 (``benchmarks/ablation.py``). Arms differ only in the knobs ``attention``, ``channel_attention`` and
-``spatial_attention``, given as the lower-case strings the command line gives; the baseline is ``attention false``
-alone. The network the trainer holds, and the one evaluated, are read for their VA blocks, the backbone images each
-target reads and their parameter count (:func:`va_blocks`): an arm whose network is not what it claims stops the
-run. Training does not validate; the last model is evaluated: no model is picked on the held-out volumes.
+``spatial_attention`` (and, for ``full_paper``, the block form), given as the lower-case strings the command line
+gives; the baseline is ``attention false`` alone. The network the trainer holds, and the one evaluated, are read for
+their VA blocks and block form, the backbone images each target reads and their parameter count (:func:`va_blocks`):
+an arm whose network is not what it claims stops the run. Training does not validate; the last model is evaluated:
+no model is picked on the held-out volumes.
 
-Every arm starts, as the paper's models do (sec. 3.2: feature extractor and RPN "copied from detectors pre-trained
-on the MS-COCO and DeepLesion datasets"), from the backbone and RPN of one detector trained on other data: here the
-2.5D Mask R-CNN without VA, trained once (:func:`pretrain`, seed 0, ``--pretrain_epochs``) on 32 plain phantom
-volumes without look-alikes. The arms load it through the bundle's own ``pretrained`` knobs (batch norm frozen,
-first ResNet stage fixed); their VA blocks and RoI heads start from random weights drawn with the arm's seed.
+VA block form (``--form``): ``fixed`` (:data:`FIXED_FORM`, the default) is what the block needed to carry context in
+``benchmarks/va_context_probe.py``, where eq. 2-3 as written (``paper``, :data:`PAPER_FORM`, the bundle's defaults
+and the ``full_paper`` arm's) did not. The blocks' measurements (``benchmarks/va_block_stats.py``: hidden units
+alive, slice-attention entropy and weights, gate spread, output / target norm) are logged per FPN level in every
+training epoch and on the held-out volumes (``training_watch``, ``evaluation_watch``; tables:
+``benchmarks/va_slice_attention.py``).
+
+Every arm starts, as the paper's models do (sec. 3.2: feature extractor and RPN "copied from detectors pre-trained on
+the MS-COCO and DeepLesion datasets"), from one detector trained on other data: the 2.5D Mask R-CNN without VA,
+trained once (:func:`pretrain`, seed 0, ``--pretrain_epochs``) on 32 plain phantom volumes without look-alikes. The
+arms load its ``--pretrained_parts`` through the bundle's own ``pretrained`` knobs (batch norm frozen, first ResNet
+stage fixed): by default its RoI heads too, which know the same classes, so that every arm starts from a detector
+that finds lesions and the budget goes to what the context phantoms add; the VA blocks start from random weights
+drawn with the arm's seed.
 
 The bundle's evaluation writes each held-out volume's prediction in its own space; :func:`score` reads them with the
 LiTS scorer (``shared.metrics.lits``: lesion Dice per case, mean over volumes), counts the lesion false positives
@@ -31,24 +43,20 @@ look-alikes hit (a look-alike whose centre voxel, from ``context_lookalikes.json
 context should teach.
 
 Demo sizes (``DEMO_OVERRIDES``; the paper's stay the config defaults): those of ``scripts/va_maskrcnn_lits_job.sh``,
-read from its args file ``scripts/va_maskrcnn_lits_demo_args.json`` (128 px slices, ResNet-18 with a narrow FPN: 128
-channels for the run below, 64 since, anchors 4-64 px, HU window [-100, 200], 300/100 proposals, 64 RoI samples, AdamW
-at lr 0.001, lesion slices over-sampled 10x), but a bag of N = 9 images, the config default (the look-alikes differ from
-lesions only beyond the reach of a bag of 3 for most slice thicknesses: bundle docs, "Phantom options"), and the
-pre-trained start above.
+read from its args file ``scripts/va_maskrcnn_lits_demo_args.json`` (128 px slices, ResNet-18 with an FPN 64
+channels wide, anchors 4-64 px, HU window [-100, 200], 300/100 proposals, 64 RoI samples, AdamW at lr 0.001, lesion
+slices over-sampled 10x), but a bag of N = 9 images, the config default, and the pre-trained start above.
 Data: 32 context phantom volumes of 128 x 128 px and 64 slices at 1.5 mm (24 to train, 8 held out).
 
-Budget, equal for every arm: 4 epochs of 200 slices (400 iterations at batch 2) after the shared pre-training of 8
-epochs (800 iterations), sized for the 90 minutes the whole run may take on 2 cores from iterations timed alone with
-2 threads at the demo sizes (FPN 128 channels, training from random weights): 0.34 s without VA and 0.74 s with
-full VA at N = 9. Without the pre-training, 360 iterations from random weights left the baseline with no lesion
-found at all (lesion Dice 0.000, a first run stopped after its first arm).
-Run once at a8236f9 (46.6 min; table and findings in the bundle docs, "Measured figures"): full VA did not beat
-the baseline at this budget, where no arm learned the lesions well (lesion Dice per case 0.12-0.14).
+Budget, equal for every arm: 5 epochs of 200 slices (500 iterations at batch 2) after the shared pre-training of 18
+epochs (1800 iterations, what the demo job trains from random weights), sized for the 120 minutes the whole run may
+take on 2 cores from a pilot timed alone: pre-training 0.6-1.0 s per iteration (2 threads, slowing as the detector
+learns; 28.8 min), arms at one thread each 1.4-1.6 s (baseline) and 3.3-3.5 s (full VA, N = 9) per iteration.
+Bundle docs (docs/experiments/va_maskrcnn_lits.md) give the runs and what they found.
 
-Writes ``<out>/ablation.json`` (settings, every arm and seed with its per-volume scores) and ``<out>/ablation.md``
-(mean +- sd over seeds). ``--smoke`` is a tiny run (all arms, 1 seed, 1 epoch of 4 slices, 32 px phantoms) to check
-the pipeline.
+Writes ``<out>/ablation.json`` (settings, every arm and seed with its per-volume scores and block measurements) and
+``<out>/ablation.md`` (mean +- sd over seeds). ``--smoke`` is a tiny run (the arms given, 1 seed, 1 epoch of 4
+slices, 32 px phantoms) to check the pipeline.
 """
 
 import argparse
@@ -337,7 +345,13 @@ def summarize(records: list[dict], settings: dict) -> tuple[list[dict], str]:
         f"VA block form {settings.get('form', 'paper')}; phantoms {settings.get('phantom_context', {})}; "
         f"{settings['parallel']} process(es) at a time, {settings['threads']} thread(s) each. Lesion Dice per case "
         "(LiTS), lesion false positives per volume (predicted lesion components touching no lesion), look-alikes hit "
-        "(centre voxel predicted lesion); mean +- sd over seeds.",
+        "(centre voxel predicted lesion); mean +- sd over seeds."
+        + (
+            f" A detector that cannot tell look-alikes from lesions and is otherwise perfect would score a lesion Dice "
+            f"per case of {settings['context_blind_ceiling']['mean']:.3f} here."
+            if "context_blind_ceiling" in settings
+            else ""
+        ),
         "",
     ]
     columns = [("model", False), ("params", True), ("VA blocks", False), ("images per target", True)]
@@ -359,6 +373,23 @@ def make_data(out: Path, cases: int, shape: list[int], context_options: dict) ->
         item for key, value in context_options.items() if value is not None for item in (f"--{key}", str(value))
     ]
     return ablation.phantoms(out / "lits_context", "lits", cases, LOOKALIKES_NAME, *options)
+
+
+def context_blind_ceiling(data: Path, shape: list[int], context_options: dict) -> dict:
+    """Lesion Dice per case on the held-out volumes of a detector that cannot tell look-alikes from lesions and is
+    otherwise perfect (every look-alike voxel called lesion, every lesion voxel found): the most a baseline can
+    reach, from the phantoms' own draws (volume N of seed 0, as :func:`make_data` writes them)."""
+    from shared.data.lits import make_datalist
+    from shared.phantoms import lits
+
+    cases = {}
+    for entry in make_datalist(data, seed=SPLIT_SEED)["validation"]:
+        case, lookalikes = lits.draw_volume(int(entry["case"].split("-")[1]), 0, shape, True, **context_options)
+        found = [i + 1 for i in range(len(case.lesion_list))]
+        lesion = np.isin(case.lesions, [i for i in found if i - 1 not in lookalikes]).sum()
+        lookalike = np.isin(case.lesions, [i for i in found if i - 1 in lookalikes]).sum()
+        cases[entry["case"]] = float(2 * lesion / (2 * lesion + lookalike)) if lesion else float("nan")
+    return {"mean": float(np.nanmean(list(cases.values()))), "cases": cases}
 
 
 def last_checkpoint(run_dir: Path, epochs: int) -> Path:
@@ -427,6 +458,8 @@ def main() -> None:
     started = time.perf_counter()
     context_options = {"context_bag": args.context_bag or None, "max_lookalikes": args.max_lookalikes or None}
     data = make_data(out, args.cases, args.shape, context_options)
+    ceiling = context_blind_ceiling(data, args.shape, context_options)
+    print(f"context-blind ceiling of the held-out lesion Dice per case: {ceiling['mean']:.3f}", flush=True)
     pretrained = pretrain(out, args.cases, args.shape, extra, args.pretrain_epochs)
     extra = {**extra, "pretrained": "true", "pretrained_path": str(pretrained), "frozen_batchnorm": "true"}
     extra["pretrained_parts"] = args.pretrained_parts
@@ -440,6 +473,7 @@ def main() -> None:
         "phantom_cases": args.cases,
         "phantom_shape": args.shape,
         "phantom_context": context_options,
+        "context_blind_ceiling": ceiling,
         "overrides": {**DEMO_OVERRIDES, **extra},
         **ablation.machine_settings(parallel),
     }

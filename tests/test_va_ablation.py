@@ -1,6 +1,7 @@
 """benchmarks/va_ablation.py: every arm reaches the bundle as the model it claims (the baseline by ``attention false``
 alone), a mislabelled arm is refused, the held-out scoring (lesion Dice per case, lesion false positives, look-alikes
-hit) gives the values worked out by hand, and a tiny run writes the table with all four arms."""
+hit) gives the values worked out by hand, and a tiny run writes the table with every arm and the blocks'
+measurements."""
 
 import json
 import os
@@ -144,15 +145,21 @@ def test_summary_gives_mean_and_sd_over_seeds():
 def test_smoke_run_writes_the_table_with_all_arms(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(REPO / "benchmarks" / "va_ablation.py"), "--smoke", "--out", str(tmp_path)]
+    cmd += ["--arms", *ablation.ARMS]
     subprocess.run(cmd, cwd=REPO, env=env, check=True, timeout=600, capture_output=True)
     report = json.loads((tmp_path / "ablation.json").read_text())
     runs = {r["arm"]: r for r in report["runs"]}
     assert [r["arm"] for r in report["table"]] == list(ablation.ARMS) and set(runs) == set(ablation.ARMS)
     assert {arm: r["blocks"] for arm, r in runs.items()} == {a: list(b) for a, (_, b, _) in ablation.ARMS.items()}
     images = {arm: r["images_per_target"] for arm, r in runs.items()}
-    assert images == {"baseline": 1, "channel": 9, "spatial": 9, "full": 9}
+    assert images == {"baseline": 1, "channel": 9, "spatial": 9, "full": 9, "full_paper": 9}
     params = {arm: r["parameters"] for arm, r in runs.items()}
     assert params["baseline"] < params["spatial"] < params["channel"] < params["full"]
+    assert params["spatial"] < params["full_paper"] < params["full"]  # 4 hidden units (64 // 16) instead of 16
+    assert runs["full"]["form"]["gate_norm"] is True and runs["full_paper"]["form"]["gate_norm"] is False
+    levels = ["0", "1", "2", "3", "pool"]  # the blocks' measurements, per FPN level, in training and held out
+    assert list(runs["full"]["training_watch"]["epochs"][0]["levels"]) == levels
+    assert list(runs["full"]["evaluation_watch"]["levels"]) == levels and "training_watch" not in runs["baseline"]
     assert all(0 <= r["lesion_dice_per_case"] <= 1 and r["volumes"] == 1 for r in runs.values())
     pretrained = report["settings"]["overrides"]["pretrained_path"]
     assert pretrained == str(tmp_path / "pretrain" / "models" / "resume_checkpoint_epoch=1.pt")
@@ -170,3 +177,23 @@ def test_demo_args_name_settings_the_configs_have():
         declared |= set(json.loads((ablation.CONFIGS / name).read_text()))
     assert set(demo) <= declared, sorted(set(demo) - declared)
     assert ablation.DEMO_OVERRIDES["bag_size"] == 9 and demo["bag_size"] == 3  # the arms read the config's bag
+
+
+def test_context_blind_ceiling_by_hand(tmp_path, monkeypatch):
+    """Per held-out volume 2 L / (2 L + T) for L lesion and T look-alike voxels of the drawn phantom (a detector
+    calling every look-alike voxel lesion and perfect otherwise), NaN for a volume without lesion, mean over the
+    rest."""
+    from shared.phantoms import lits
+
+    class Case:
+        def __init__(self, ids):
+            self.lesions = np.array(ids)
+            self.lesion_list = [None] * (max(ids) if ids else 0)
+
+    drawn = {3: (Case([1, 1, 1, 2, 0]), {1}), 5: (Case([1, 2, 2, 2, 2]), {0})}  # object 2 of 3, object 1 of 5: tubes
+    monkeypatch.setattr(lits, "draw_volume", lambda key, seed, shape, context, **options: drawn[key])
+    held_out = {"validation": [{"case": "volume-3"}, {"case": "volume-5"}]}
+    monkeypatch.setattr("shared.data.lits.make_datalist", lambda root, seed: held_out)
+    ceiling = ablation.context_blind_ceiling(tmp_path, [8, 8, 8], {"context_bag": 9})
+    assert ceiling["cases"] == {"volume-3": pytest.approx(6 / 7), "volume-5": pytest.approx(8 / 9)}
+    assert ceiling["mean"] == pytest.approx((6 / 7 + 8 / 9) / 2)

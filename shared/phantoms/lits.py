@@ -105,6 +105,15 @@ def _draw_case(rng, shape, thickness: float, with_context: bool, **context_optio
     return anatomy, grid, _lesion_requests(rng), set()
 
 
+def draw_volume(key: int, seed: int, shape, context: bool, **context_options) -> tuple[ct.Phantom, set[int]]:
+    """Volume ``key`` (``volume-N`` is key N, ``test-volume-N`` 100000 + N) of the phantoms drawn with ``seed``, as
+    :func:`make_phantoms` writes it: the phantom and the indices of its look-alikes among ``case.lesion_list``."""
+    thickness = THICKNESSES_MM[(key + seed) % len(THICKNESSES_MM)]
+    rng = np.random.default_rng([seed, key])
+    anatomy, grid, lesions, chosen = _draw_case(rng, shape, thickness, context, **context_options)
+    return ct.make_abdomen(rng, *grid, lesions, anatomy), chosen
+
+
 def _write_case(case: ct.Phantom, lookalikes: set[int], path: Path, label_path: Path | None) -> list[list[int]]:
     """Write the volume (and its labels: liver 1, lesions 2, look-alikes liver); return, for each look-alike with
     voxels, the one nearest its centre as [i, j, k] of the written image."""
@@ -169,10 +178,7 @@ def make_phantoms(
     jobs += [(f"test-volume-{n}.nii", None, 100_000 + n) for n in range(num_test)]
     lookalikes = {}
     for image_name, label_name, key in tqdm(jobs, desc="lits phantoms", unit="volume", disable=None):
-        thickness = THICKNESSES_MM[(key + seed) % len(THICKNESSES_MM)]
-        rng = np.random.default_rng([seed, key])
-        anatomy, grid, lesions, chosen = _draw_case(rng, shape, thickness, context, **options)
-        case = ct.make_abdomen(rng, *grid, lesions, anatomy)
+        case, chosen = draw_volume(key, seed, shape, context, **options)
         label_path = root / label_name if label_name else None
         lookalikes[image_name] = _write_case(case, chosen, root / image_name, label_path)
     if context:
