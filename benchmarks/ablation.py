@@ -53,14 +53,30 @@ def add_arguments(
     parser.add_argument("--overrides", type=json.loads, default={}, help=argparse.SUPPRESS)
 
 
+def written_once(folder: Path, settings: dict) -> bool:
+    """Whether ``folder`` holds what ``settings`` (JSON-able) make, written before: True if its ``settings.json`` says
+    so, False if the folder is new (the settings are recorded); stops the run if it was made with other settings,
+    rather than reuse it silently."""
+    record = folder / "settings.json"
+    if record.is_file():
+        before = json.loads(record.read_text())
+        if before != json.loads(json.dumps(settings)):
+            raise SystemExit(f"{folder} was made with {before}, not {settings}: give another --out")
+        return True
+    folder.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(settings))
+    return False
+
+
 def phantoms(
     data: Path, dataset: str, cases: int, done_marker: str, *options: str, seed: int = 0, context: bool = True
 ) -> Path:
     """``python -m shared phantoms <dataset> <data>`` (``cases`` cases drawn with ``seed``, ``options``, with
-    ``--context true`` when ``context``) unless ``data / done_marker`` shows it was written before; returns ``data``."""
-    if not (data / done_marker).is_file():
-        cmd = [sys.executable, "-m", "shared", "phantoms", dataset, str(data), "--num_cases", str(cases)]
-        cmd += ["--seed", str(seed), *options, *(["--context", "true"] if context else [])]
+    ``--context true`` when ``context``) unless ``data / done_marker`` shows it was written before with the same
+    command (:func:`written_once`); returns ``data``."""
+    cmd = [sys.executable, "-m", "shared", "phantoms", dataset, str(data), "--num_cases", str(cases)]
+    cmd += ["--seed", str(seed), *options, *(["--context", "true"] if context else [])]
+    if not written_once(data, {"phantoms": cmd[2:]}) or not (data / done_marker).is_file():
         subprocess.run(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
     return data
 

@@ -73,17 +73,23 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import ablation  # noqa: E402
+from benchmarks import ablation, va_context_probe  # noqa: E402
 from benchmarks.va_block_stats import recorded_block_stats, summaries  # noqa: E402
 from shared.phantoms.context import LOOKALIKES_NAME  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "va_maskrcnn_lits" / "configs"
 SPLIT_SEED = 0  # the datalist's shuffle: the same held-out volumes for every seed
 
-FIXED_FORM = {"spatial_scale": "true", "gate_norm": "true", "min_hidden": 16, "spatial_relu": "false"}
+
+def as_knobs(form: dict) -> dict:
+    """Block keyword arguments as the command line gives them (booleans as lower-case strings)."""
+    return {key: str(value).lower() if isinstance(value, bool) else value for key, value in form.items()}
+
+
+FIXED_FORM = as_knobs(va_context_probe.FIXED)
 """The block form the VA arms train with (``--form fixed``, the default): eq. 3's product divided by H*W, gates
-divided by their mean, at least 16 hidden units in eq. 2's embedding, no ReLU starting the spatial head: what the
-block needed to pass ``benchmarks/va_context_probe.py`` (bundle docs)."""
+divided by their mean, at least 16 hidden units in eq. 2's embedding, no ReLU starting the spatial head: the form
+that ``benchmarks/va_context_probe.py`` calls ``fixed`` (bundle docs: what each change is needed for)."""
 PAPER_FORM = {"spatial_scale": "false", "gate_norm": "false", "min_hidden": 1, "spatial_relu": "true"}
 """Eq. 2-3 as written (the bundle's defaults): the ``full_paper`` arm, and every VA arm with ``--form paper``."""
 FORMS = {"fixed": FIXED_FORM, "paper": PAPER_FORM}
@@ -124,27 +130,30 @@ PRETRAIN_PHANTOM_SEED = 1  # other volumes than the context phantoms (seed 0)
 SMOKE_OVERRIDES = {"image_size": 32, "proposals_train": 50, "proposals_test": 20, "roi_samples": 16}
 
 
-def va_blocks(network) -> dict:
-    """The VA blocks (``channel``, ``spatial``) a VA Mask R-CNN holds, their form (``spatial_scale``, ``gate_norm``,
-    ``spatial_relu``, the channel embedding's hidden units: ``channel_hidden``; the first block's, all alike), the
-    backbone images each target reads (the bag size N with attention, 1 without) and its parameter count, read from
-    the object."""
+def block_form(block) -> dict:
+    """The form of one ``VolumetricAttention`` block, in the terms of :func:`claimed_form`."""
     from torch import nn
 
+    form = {"spatial_scale": block.spatial_scale, "gate_norm": block.gate_norm}
+    if block.spatial:
+        form["spatial_relu"] = isinstance(block.spatial_head[0], nn.ReLU)
+    if block.channel:
+        form["channel_hidden"] = block.channel_embedding[0].out_channels
+    return form
+
+
+def va_blocks(network) -> dict:
+    """The VA blocks (``channel``, ``spatial``) a VA Mask R-CNN holds, their form (:func:`block_form`; ``"mixed"``
+    if the blocks differ), the backbone images each target reads (the bag size N with attention, 1 without) and its
+    parameter count, read from the object."""
     from shared.networks.blocks.volumetric_attention import VolumetricAttention
 
     found = [m for m in network.modules() if isinstance(m, VolumetricAttention)]
-    form = {}
-    if found:
-        block = found[0]
-        form = {"spatial_scale": block.spatial_scale, "gate_norm": block.gate_norm}
-        if block.spatial:
-            form["spatial_relu"] = isinstance(block.spatial_head[0], nn.ReLU)
-        if block.channel:
-            form["channel_hidden"] = block.channel_embedding[0].out_channels
+    forms = [block_form(m) for m in found]
+    kinds = [[name for name in ("channel", "spatial") if getattr(m, name)] for m in found]
     return {
-        "blocks": [name for name in ("channel", "spatial") if any(getattr(m, name) for m in found)],
-        "form": form,
+        "blocks": kinds[0] if kinds and all(k == kinds[0] for k in kinds) else sorted({n for k in kinds for n in k}),
+        "form": (forms[0] if all(f == forms[0] for f in forms) else "mixed") if forms else {},
         "images_per_target": len(network.backbone.image_offsets),
         "bag_size": network.backbone.bag_size,
         "parameters": sum(p.numel() for p in network.parameters()),
@@ -152,16 +161,22 @@ def va_blocks(network) -> dict:
 
 
 def claimed_form(knobs: dict, channels: int) -> dict:
-    """The block form that the knobs ``knobs`` (command-line strings) give blocks of ``channels`` channels, in the
-    terms of :func:`va_blocks`."""
-    blocks = [name for name in ("channel", "spatial") if knobs.get(f"{name}_attention") == "true"]
-    if knobs.get("attention") != "true" or not blocks:
+    """The block form that the knobs ``knobs`` (as the command line or a JSON args file gives them) give blocks of
+    ``channels`` channels, in the terms of :func:`block_form`."""
+    from shared.engines.flags import as_bool
+    from shared.networks.blocks.volumetric_attention import channel_hidden_units
+
+    def on(name: str) -> bool:
+        return as_bool(knobs.get(name, False), name)
+
+    blocks = [name for name in ("channel", "spatial") if on(f"{name}_attention")]
+    if not on("attention") or not blocks:
         return {}
-    form = {"spatial_scale": knobs["spatial_scale"] == "true", "gate_norm": knobs["gate_norm"] == "true"}
+    form = {"spatial_scale": on("spatial_scale"), "gate_norm": on("gate_norm")}
     if "spatial" in blocks:
-        form["spatial_relu"] = knobs["spatial_relu"] == "true"
+        form["spatial_relu"] = as_bool(knobs.get("spatial_relu", True), "spatial_relu")
     if "channel" in blocks:
-        form["channel_hidden"] = max(channels // 16, int(knobs["min_hidden"]), 1)
+        form["channel_hidden"] = channel_hidden_units(channels, min_hidden=int(knobs.get("min_hidden", 1)))
     return form
 
 
@@ -388,8 +403,9 @@ def context_blind_ceiling(data: Path, shape: list[int], context_options: dict) -
         found = [i + 1 for i in range(len(case.lesion_list))]
         lesion = np.isin(case.lesions, [i for i in found if i - 1 not in lookalikes]).sum()
         lookalike = np.isin(case.lesions, [i for i in found if i - 1 in lookalikes]).sum()
-        cases[entry["case"]] = float(2 * lesion / (2 * lesion + lookalike)) if lesion else float("nan")
-    return {"mean": float(np.nanmean(list(cases.values()))), "cases": cases}
+        # as the LiTS scorer: without lesion, 1 for an empty prediction, 0 for one that holds look-alike voxels
+        cases[entry["case"]] = float(2 * lesion / (2 * lesion + lookalike)) if lesion else float(lookalike == 0)
+    return {"mean": float(np.mean(list(cases.values()))), "cases": cases}
 
 
 def last_checkpoint(run_dir: Path, epochs: int) -> Path:
@@ -406,17 +422,19 @@ def pretrain(out: Path, cases: int, shape: list[int], extra: dict, epochs: int) 
     """The detector every arm starts from, as the paper's models start from detectors pre-trained on other data
     (sec. 3.2, Table 2b): the 2.5D Mask R-CNN without VA trained, seed 0, on plain phantom LiTS volumes (no
     look-alikes; drawn with another seed than the context ones), in this process with all its threads. Each arm copies
-    its backbone and RPN (the bundle's ``pretrained``, batch norm frozen, first ResNet stage fixed) and trains its VA
-    blocks and RoI heads from random weights. Written once, reused when present; returns the checkpoint."""
+    its ``--pretrained_parts`` (the bundle's ``pretrained``, batch norm frozen, first ResNet stage fixed); the VA
+    blocks, and any part not copied, start from random weights. Written once, reused when present with the same
+    settings (:func:`benchmarks.ablation.written_once`); returns the checkpoint."""
     run_dir = out / "pretrain"
     checkpoint = last_checkpoint(run_dir, epochs)
-    if not checkpoint.is_file():
+    overrides = arm_overrides("baseline", 0, out / "lits_plain", run_dir, epochs, extra)  # cache: out / "cache"
+    settings = {k: v for k, v in overrides.items() if k not in ("dataset_dir", "cache_dir", "ckpt_dir", "output_dir")}
+    if not ablation.written_once(run_dir, {**settings, "cases": cases, "shape": shape}) or not checkpoint.is_file():
         options = ("--shape", json.dumps(shape), "--num_test", "0")
         marker = f"segmentation-{cases - 1}.nii"  # the last file written
-        data = ablation.phantoms(
+        ablation.phantoms(
             out / "lits_plain", "lits", cases, marker, *options, seed=PRETRAIN_PHANTOM_SEED, context=False
         )
-        overrides = arm_overrides("baseline", 0, data, run_dir, epochs, extra)  # cache: out / "cache", shared
         ablation.workflow(CONFIGS, str(CONFIGS / "train.json"), overrides).run()
     return checkpoint
 

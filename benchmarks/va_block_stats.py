@@ -10,9 +10,10 @@ on the forward passes it sees (issue 22's leads, per block, i.e. per FPN level i
   from the target (``uniform_far_weight`` for uniform attention).
 - ``channel_gate_mean`` and ``channel_gate_spread``: mean of ``S_c`` and its standard deviation across bags (mean
   over channels): 0 when the gate is the same for every bag.
-- ``spatial_relu_active``: share of the attended spatial embedding above 0 (the spatial head's ReLU input); 0 leaves
-  ``S_s`` a constant. ``spatial_gate_mean``, ``spatial_gate_sd``: mean and standard deviation of ``S_s`` over bags
-  and pixels; ``spatial_gate_spread``: standard deviation across bags of each bag's mean gate.
+- ``spatial_relu_active``: share of the attended spatial embedding above 0 (the spatial head's ReLU input, where the
+  head starts with a ReLU); 0 leaves ``S_s`` a constant. ``spatial_gate_mean``, ``spatial_gate_sd``: mean and
+  standard deviation of ``S_s`` over bags and pixels; ``spatial_gate_spread``: standard deviation across bags of each
+  bag's mean gate.
 - ``norm_ratio``: mean over bags of ||output|| / ||target features||: what the two gates leave of the target.
 
 :func:`recorded_block_stats` installs the recorders on named blocks (wrapping the instances' attention methods and
@@ -102,9 +103,10 @@ class BlockStats:
             gates = np.concatenate(self.channel_gates)  # (bags, C)
             out["channel_gate_mean"] = float(gates.mean())
             out["channel_gate_spread"] = float(gates.std(axis=0).mean())
+        if self.spatial_relu[1]:
+            out["spatial_relu_active"] = self.spatial_relu[0] / self.spatial_relu[1]
         if self.spatial_gates:
             gates = np.concatenate(self.spatial_gates)  # (bags, pixels); one level, so one size
-            out["spatial_relu_active"] = self.spatial_relu[0] / max(self.spatial_relu[1], 1)
             out["spatial_gate_mean"] = float(gates.mean())
             out["spatial_gate_sd"] = float(gates.std())
             out["spatial_gate_spread"] = float(gates.mean(axis=1).std())
@@ -129,8 +131,9 @@ def _record(block: VolumetricAttention, stats: BlockStats) -> list:
     handles = []
     if block.channel:
         handles.append(block.channel_embedding[1].register_forward_hook(lambda m, i, o: stats.add_hidden(o)))
-    if block.spatial:
-        handles.append(block.spatial_head[0].register_forward_pre_hook(lambda m, i: stats.add_spatial_relu_input(i[0])))
+    if block.spatial and isinstance(block.spatial_head[0], torch.nn.ReLU):
+        relu = block.spatial_head[0]
+        handles.append(relu.register_forward_pre_hook(lambda m, i: stats.add_spatial_relu_input(i[0])))
 
     def on_output(module, args, output):
         bag = args[0]

@@ -110,7 +110,8 @@ def draw_bags(generator: torch.Generator, batch: int, signature: torch.Tensor, n
             classes[-1].append(label)
             labels[b][disk] = label
             ids[b][disk] = len(classes[-1])
-        for side in (torch.arange(t + LESION_REACH + 1, n), torch.arange(0, t - LESION_REACH)):  # far objects
+        sides = (torch.arange(t + LESION_REACH + 1, n), torch.arange(0, t - LESION_REACH))
+        for side in (s for s in sides if len(s)):  # far objects of their own (none in a bag without far members)
             for _ in range(int(torch.randint(FAR_OBJECTS[0], FAR_OBJECTS[1] + 1, (1,), generator=generator))):
                 disk = place(occupied)
                 if disk is None:
@@ -187,14 +188,14 @@ def run_arm(
     losses = []
     with recorded_block_stats(blocks) as stats:
         for step in range(steps):
+            if step == steps - 50:
+                summaries(stats, reset=True)  # the measurements of the last 50 steps only
             bags, labels, _, _ = draw_bags(data, batch, signature, bag_size, size)
             loss = nn.functional.cross_entropy(model(bags), labels, weight=weights)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
-            if step == steps - 50:
-                summaries(stats, reset=True)  # the measurements of the last 50 steps only
         train_stats = summaries(stats).get("block", {})
     train_s = time.perf_counter() - start
     model.eval()

@@ -8,8 +8,9 @@ evaluation) and in each training epoch, read from the run's ``ablation.json`` an
 Per arm, level and attention: the slice attention's entropy (``log N`` uniform, 0 one-hot), largest weight, the
 target image's weight and the weight of the images 2 or more places away (6+ slices, where the look-alikes differ
 from lesions; uniform attention gives them ``uniform_far_weight``), mean +- sd over seeds; then the gates: hidden
-units alive in the channel embedding, spread of ``S_c`` across bags, share of active spatial-head ReLU inputs, sd
-of ``S_s`` and the output / target norm ratio. ``--epochs`` adds the training windows of the first seed, one row per
+units alive in the channel embedding, spread of ``S_c`` across bags, share of active spatial-head ReLU inputs (where
+the head has one), spread of ``S_s`` across bags (sd of each bag's mean gate), sd of ``S_s`` over bags and pixels and
+the output / target norm ratio. ``--epochs`` adds the training windows of the first seed, one row per
 epoch, to show how the blocks got there.
 """
 
@@ -28,6 +29,7 @@ GATE_FIGURES = (
     "channel_hidden_alive",
     "channel_gate_spread",
     "spatial_relu_active",
+    "spatial_gate_spread",
     "spatial_gate_sd",
     "norm_ratio",
 )
@@ -79,7 +81,8 @@ def main() -> None:
     print("\n".join(ablation.markdown_table(columns, [r for arm in args.arms for r in slice_rows(runs, arm)])))
     print()
     columns = [("arm", False), ("when", False), ("level", False)]
-    columns += [(f, True) for f in ("hidden alive", "S_c spread", "S_s ReLU active", "S_s sd", "norm ratio")]
+    titles = ("hidden alive", "S_c spread", "S_s ReLU active", "S_s spread", "S_s sd", "norm ratio")
+    columns += [(f, True) for f in titles]
     rows = [r for arm in args.arms for r in gate_rows(runs, arm)]
     if args.epochs:
         for arm in args.arms:

@@ -245,11 +245,13 @@ def test_train_defaults_are_the_papers(configs):
         # eq. 2-3's sigmoid gates as written, C / 16 hidden units (16 at 256 channels)
         assert config.get_parsed_content("network_def#gate_norm") is False
         assert config.get_parsed_content("network_def#min_hidden") == 1
+        assert config.get_parsed_content("network_def#spatial_relu") is True  # relu, conv, sigmoid as sec. 2.2
         assert config["fpn_channels"] == 256  # mmdetection's Mask R-CNN FPN, the COCO checkpoint's width
     defaults = _parser(configs, "train.json")
     assert defaults["pretrained"] is True and defaults.get_parsed_content("frozen_batchnorm") is True
     assert defaults.get_parsed_content("pretrained_path").endswith("models/maskrcnn_resnet50_fpn_coco-bf2d0c1e.pth")
-    assert defaults.get_parsed_content("load_pretrained#prefixes") == ("backbone", "rpn")  # "feature extractor and RPN"
+    parts = defaults.get_parsed_content("load_pretrained#prefixes")
+    assert list(parts) == ["backbone", "rpn"]  # "feature extractor and RPN"
 
 
 def test_default_training_without_the_weights_stops_at_once_naming_them(repo_root, configs, tmp_path):

@@ -23,6 +23,12 @@ CONFIGS = REPO / "bundles" / "va_maskrcnn_lits" / "configs"
 SHAPE = (48, 48, 48)  # (rows, cols, slices at 1.5 mm)
 # make_phantoms(num_cases=2, seed=3, shape=(24, 24, 16), num_test=1) before the context option existed
 DEFAULT_DIGEST = "bc81d32b35063b718405c86ed3aa6307379f4ce8742980547d52a8191590917c"
+# make_phantoms(num_cases=2, seed=3, shape=(24, 24, 16), num_test=1, context=True) before --context_bag existed
+# (computed with the code of 1caf574), and deeplesion's make_phantoms(num_cases=3, seed=3, image_size=48, context=True)
+CONTEXT_DIGESTS = {
+    "lits": "9df736245f189d911583f3cd6f265fe686996a43fda543868db644302ed54b2b",
+    "deeplesion": "a93e65a79ca71a5a67d21c758a5ec3d65a1ed77ba20f7ade37636645b93cab63",
+}
 
 
 def digest(root: Path) -> str:
@@ -155,8 +161,8 @@ def test_cli_context_option(tmp_path):
     assert refused.returncode == 1 and refused.stderr.strip().count("\n") == 0 and "--context true" in refused.stderr
 
 
-@pytest.mark.parametrize("thickness", [0.7, 2.5, 5.0])
-def test_phantoms_made_for_a_bag_end_lesions_within_its_reach(thickness):
+@pytest.mark.parametrize(("thickness", "reach"), [(0.7, 19.6), (2.5, 20.0), (3.0, 21.0), (5.0, 20.0)])
+def test_phantoms_made_for_a_bag_end_lesions_within_its_reach(thickness, reach):
     """--context_bag 9: every lesion ends beyond the band but within what a bag of 9 reads (a volume slice it reads
     lies beyond the end), the look-alike runs on to that slice, and the target image still reads the same HU for
     both versions; --max_lookalikes 1 leaves one look-alike."""
@@ -165,8 +171,8 @@ def test_phantoms_made_for_a_bag_end_lesions_within_its_reach(thickness):
         rng, SHAPE, thickness, True, context_bag=9, max_lookalikes=1
     )
     band = phantoms.context_band_mm(grid[1])
-    reach = phantoms.bag_reach_mm(thickness, 9)
-    assert reach == pytest.approx(thickness * np.ceil(19.5 / thickness - 1e-9))  # 13 slices of 1.5 mm and beyond
+    # the bag of 9 reads 13 resampled slices (19.5 mm) out, interpolated from the volume slice at or beyond that
+    assert phantoms.bag_reach_mm(thickness, 9) == pytest.approx(reach)
     assert len(lookalikes) == 1 and len(objects) >= 2
     as_lesions = [dataclasses.replace(o, shape=o.shape.blob) if i in lookalikes else o for i, o in enumerate(objects)]
     tubes = ct.make_abdomen(np.random.default_rng(1), *grid, objects, anatomy)
@@ -189,6 +195,10 @@ def test_phantoms_made_for_a_bag_end_lesions_within_its_reach(thickness):
 def test_context_bag_options_are_refused_without_context_or_within_the_band(tmp_path):
     with pytest.raises(ValueError, match="give them with --context true"):
         phantoms.make_phantoms(tmp_path / "a", num_cases=1, context_bag=9)
+    with pytest.raises(ValueError, match="--context_bag 8: a bag is an odd number of images"):
+        phantoms.make_phantoms(tmp_path / "a", num_cases=1, context=True, context_bag=8)
+    with pytest.raises(ValueError, match="--max_lookalikes -1: give 0 or more"):
+        phantoms.make_phantoms(tmp_path / "a", num_cases=1, context=True, max_lookalikes=-1)
     with pytest.raises(ValueError, match="a bag of 1 reads 5 mm from the target at 5 mm slices, not beyond"):
         phantoms._context_objects(np.random.default_rng(0), *_anatomy_grid(5.0), context_bag=1)
 
@@ -196,3 +206,14 @@ def test_context_bag_options_are_refused_without_context_or_within_the_band(tmp_
 def _anatomy_grid(thickness: float):
     anatomy, grid, _, _ = phantoms._draw_case(np.random.default_rng(2), SHAPE, thickness, False)
     return (anatomy, *grid)
+
+
+def test_default_context_phantoms_unchanged(tmp_path):
+    """The options made for a bag leave the default context phantoms of both datasets (which share the look-alikes'
+    code) as they were."""
+    from shared.phantoms import deeplesion
+
+    root = phantoms.make_phantoms(tmp_path / "l", num_cases=2, seed=3, shape=(24, 24, 16), num_test=1, context=True)
+    assert digest(root) == CONTEXT_DIGESTS["lits"]  # a change of numpy, scipy or nibabel may move it: check that first
+    root = deeplesion.make_phantoms(tmp_path / "d", num_cases=3, seed=3, image_size=48, context=True)
+    assert digest(root) == CONTEXT_DIGESTS["deeplesion"]

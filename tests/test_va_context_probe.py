@@ -6,8 +6,6 @@ import torch
 
 from benchmarks.va_context_probe import FORMS, LESION_REACH, draw_bags, object_accuracy, run_arm
 
-SMALL = {"channels": 16, "size": 24, "bag_size": 5, "held_out": 64}
-
 
 def test_bags_show_lesions_near_the_target_and_look_alikes_everywhere():
     signature = torch.ones(8)
@@ -44,9 +42,11 @@ def test_object_accuracy_by_hand():
 
 
 def test_spatial_attention_over_the_bag_beats_the_target_alone():
-    target = run_arm("target", 0, 300, {}, **SMALL)
-    spatial = run_arm("spatial", 0, 300, FORMS["fixed"], **SMALL)
-    assert target["images_per_target"] == 1 and spatial["images_per_target"] == 5
+    # the probe's sizes (C 64, 32 x 32, N 9): smaller bags, maps or budgets leave the block near chance (300 steps:
+    # 0.62; C 16, 24 x 24, N 5, 600 steps: 0.47), as it learns the lesions only after some 300-400 steps
+    target = run_arm("target", 0, 600, {})
+    spatial = run_arm("spatial", 0, 600, FORMS["fixed"])
+    assert target["images_per_target"] == 1 and spatial["images_per_target"] == 9
     assert spatial["va_blocks"] == ["spatial"]
     assert target["object_accuracy"] <= 0.65  # lesions and look-alikes are one distribution on the target
     assert spatial["object_accuracy"] >= 0.9

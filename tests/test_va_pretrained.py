@@ -69,3 +69,18 @@ def test_bad_checkpoint_files_get_clear_messages(tmp_path):
     corrupt.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read checkpoint"):
         load_pretrained(model, corrupt)
+
+
+def test_parts_by_name_one_name_as_a_string_and_bad_parts_refused(tmp_path, coco_like_checkpoint):
+    """--pretrained_parts roi_heads arrives as a string: one part, not its letters; a part the detector lacks, or a
+    checkpoint of which nothing fits, stops with one line naming them."""
+    path, state = coco_like_checkpoint
+    model = build_va_mask_rcnn(bag_size=3, min_size=64, max_size=64, frozen_batchnorm=True)
+    report = load_pretrained(model, path, prefixes="rpn")
+    assert sorted(report.loaded) == sorted(k for k in state if k.startswith("rpn."))
+    with pytest.raises(ValueError, match=r"pretrained parts \['rpm'\]: VAMaskRCNN has no rpm; give some of"):
+        load_pretrained(model, path, prefixes=["rpm"])
+    other = tmp_path / "other.pt"
+    torch.save({"rpn.head.conv.0.0.weight": torch.zeros(1)}, other)
+    with pytest.raises(ValueError, match="no tensor of rpn fits VAMaskRCNN"):
+        load_pretrained(model, other, prefixes="rpn")

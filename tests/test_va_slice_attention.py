@@ -43,6 +43,6 @@ def test_gate_rows_held_out_and_per_epoch():
     (held_out,) = gate_rows(RUNS, "spatial")
     assert held_out[:3] == ["spatial", "evaluation", "0"]
     assert held_out[3] == "0.500 +- 0.354"  # hidden units alive 0.25 and 0.75
-    assert held_out[4:7] == ["-", "-", "-"]  # figures the runs did not record
+    assert held_out[4:8] == ["-", "-", "-", "-"]  # figures the runs did not record
     (epoch,) = gate_rows(RUNS, "spatial", "epoch 1")
     assert epoch[3] == "0.500 +- 0.000" and epoch[-1] == "1.000 +- 0.000"

@@ -8,7 +8,7 @@ COCO Mask R-CNN ``state_dict`` (``maskrcnn_resnet50_fpn_coco-*.pth``), a DeepLes
 
 import logging
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,10 +91,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def load_pretrained(
     model: nn.Module,
     path: str | Path,
-    prefixes: tuple[str, ...] = ("backbone", "rpn"),
+    prefixes: str | Sequence[str] = ("backbone", "rpn"),
     rename: Mapping[str, str] | None = None,
 ) -> LoadReport:
     """Copy the checkpoint's tensors whose keys start with one of ``prefixes`` onto ``model``; log and return a report.
+
+    ``prefixes``: parts of the model by the names of its children (``backbone``, ``rpn``, ``roi_heads``); one name
+    alone may be given as a string (as ``--pretrained_parts roi_heads`` arrives). A name the model does not have, or
+    a checkpoint of which nothing is loaded, raises an :class:`InputError` naming them.
 
     Tensors with a matching name and shape are loaded; the others are reported (``missing``: model keys under the
     prefixes that the checkpoint lacks, e.g. the VA blocks when starting from COCO; ``mismatched``: same name,
@@ -102,6 +106,14 @@ def load_pretrained(
     ``rename`` maps checkpoint keys to model keys first and leaves out the keys it does not name (the checkpoint of
     another network, e.g. an ImageNet classifier onto a detector's backbone).
     """
+    prefixes = (prefixes,) if isinstance(prefixes, str) else tuple(prefixes)
+    parts = [name for name, _ in model.named_children()]
+    unknown = [p for p in prefixes if p.split(".")[0] not in parts]
+    if unknown or not prefixes:
+        raise InputError(
+            f"pretrained parts {list(prefixes)}: {type(model).__name__} has no {', '.join(unknown) or 'part given'};"
+            f" give some of {parts}"
+        )
     checkpoint = read_state_dict(path)
     if rename is not None:
         checkpoint = {rename[k]: v for k, v in checkpoint.items() if k in rename}
@@ -122,6 +134,11 @@ def load_pretrained(
         else:
             to_load[key] = value
     report.missing = [k for k in target if selected(k) and k not in checkpoint]
+    if not to_load:
+        raise InputError(
+            f"{path}: no tensor of {', '.join(prefixes)} fits {type(model).__name__} "
+            f"({report.summary().splitlines()[0]}); give a checkpoint of this detector, or other --pretrained_parts"
+        )
     model.load_state_dict(to_load, strict=False)
     report.loaded = sorted(to_load)
     logger.info("pretrained weights from %s (prefixes %s): %s", path, ", ".join(prefixes), report.summary())

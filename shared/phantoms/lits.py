@@ -163,7 +163,7 @@ def make_phantoms(
     indices of the written image).
 
     ``context_bag`` N (with ``context``): made for a bag of N images. Lesions are as round along z as in-plane, but
-    end within what such a bag reads (:func:`bag_reach_mm`, 19.5-20 mm for N = 9) at every slice thickness, and
+    end within what such a bag reads (:func:`bag_reach_mm`: 19.6-21 mm for N = 9) at every slice thickness, and
     look-alikes run up to 10 mm beyond it instead of 30-60 mm (:func:`shared.phantoms.context.make_lookalikes`):
     the bag sees every lesion end, and a detector that cannot tell look-alikes from lesions loses less to them.
     ``max_lookalikes`` (with ``context``): at most that many look-alikes per volume (at least one where two or more
@@ -171,6 +171,10 @@ def make_phantoms(
     """
     if (context_bag is not None or max_lookalikes is not None) and not context:
         raise ValueError("--context_bag and --max_lookalikes shape context phantoms: give them with --context true")
+    if context_bag is not None and (context_bag < 3 or context_bag % 2 == 0):
+        raise ValueError(f"--context_bag {context_bag}: a bag is an odd number of images, 3 or more (VA uses 9)")
+    if max_lookalikes is not None and max_lookalikes < 0:
+        raise ValueError(f"--max_lookalikes {max_lookalikes}: give 0 or more")
     options = {"context_bag": context_bag, "max_lookalikes": max_lookalikes}
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)

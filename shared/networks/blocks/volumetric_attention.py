@@ -25,6 +25,11 @@ import torch
 from torch import nn
 
 
+def channel_hidden_units(in_channels: int, reduction: int = 16, min_hidden: int = 1) -> int:
+    """Hidden units of eq. 2's channel embedding ``W1``: C / ``reduction`` (the paper: 16), at least ``min_hidden``."""
+    return max(in_channels // reduction, min_hidden, 1)
+
+
 def bag_softmax(target_emb: torch.Tensor, bag_emb: torch.Tensor) -> torch.Tensor:
     """Slice attention softmax_N(target . bag) for embeddings flattened to (B, L) and (B, N, L) -> (B, N)."""
     return torch.softmax(torch.einsum("bl,bnl->bn", target_emb, bag_emb), dim=1)
@@ -45,10 +50,10 @@ class VolumetricAttention(nn.Module):
         spatial_scale: divide the target . bag product of the spatial embeddings by H*W (their mean instead of
             their sum), so that the softmax temperature does not grow with the resolution of the pyramid level.
             Default False: eq. 3 as written (the plain dot product).
-        gate_norm: divide each gate by its mean (``S_c`` over the channels, ``S_s`` over the pixels), so that the
-            gates redistribute the target's features instead of scaling them all: the attended features keep the
-            target's mean amplitude, and the sigmoid is not driven open everywhere to restore it. Default False:
-            the sigmoid gates as written (sec. 2.2-2.3).
+        gate_norm: divide each gate by its mean (``S_c`` over the channels, ``S_s`` over the pixels), so that each
+            gate averages 1 and redistributes the target's features instead of scaling them all (the plain gates,
+            about 0.5 each at initialisation, leave a quarter of the target's norm), and there is nothing to gain by
+            driving the sigmoid open everywhere. Default False: the sigmoid gates as written (sec. 2.2-2.3).
         spatial_relu: the ReLU that starts the spatial head (sec. 2.3: "an architecture similar to that of Section
             2.2", whose head is relu, conv, sigmoid). False: conv and sigmoid only (CBAM's spatial head): a ReLU on
             the one-channel attended embedding passes nothing once that map is below 0 everywhere.
@@ -89,7 +94,7 @@ class VolumetricAttention(nn.Module):
         self.spatial_scale = spatial_scale
         self.gate_norm = gate_norm
         if channel:
-            hidden = max(in_channels // reduction, min_hidden, 1)
+            hidden = channel_hidden_units(in_channels, reduction, min_hidden)
             # F_emb^c = W2 relu(W1 F_avg^c(.)), shared by target and bag (eq. 2).
             self.channel_embedding = nn.Sequential(
                 conv(in_channels, hidden, 1), nn.ReLU(inplace=True), conv(hidden, in_channels, 1)
