@@ -205,10 +205,22 @@ def markdown_table(columns: Sequence[tuple[str, bool]], rows: Sequence[Sequence[
     return lines + ["| " + " | ".join(cells) + " |" for cells in rows]
 
 
+def source_commit() -> str | None:
+    """The commit of the code a run runs (``git rev-parse HEAD`` in the repository; None outside a git checkout),
+    with ``+changes`` if tracked files differ from it."""
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        return None
+    changed = subprocess.run([*git, "diff", "--quiet", "HEAD"]).returncode != 0
+    return head.stdout.strip() + ("+changes" if changed else "")
+
+
 def machine_settings(parallel: int) -> dict:
-    """The command line, the processes and threads, and the machine of a run."""
+    """The command line and commit, the processes and threads, and the machine of a run."""
     return {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "commit": source_commit(),
         "parallel": parallel,
         "threads": max(1, (os.cpu_count() or 1) // parallel),
         "cpu_count": os.cpu_count(),
