@@ -10,7 +10,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 selected=$(.venv/bin/python -m pytest --collect-only -q -p no:cacheprovider "$@" 2>/dev/null || true)
-if grep -q '^tests/test_monailabel[a-z_]*.py::' <<<"$selected"; then
+if grep -q '^tests/test_monailabel[a-z_]*.py[:]' <<<"$selected"; then
   bash scripts/setup_label_env.sh
 fi
 .venv/bin/python -m pytest "$@"
