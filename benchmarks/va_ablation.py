@@ -390,16 +390,23 @@ def make_data(out: Path, cases: int, shape: list[int], context_options: dict) ->
     return ablation.phantoms(out / "lits_context", "lits", cases, LOOKALIKES_NAME, *options)
 
 
+def drawn_phantom(case: str, shape: list[int], context_options: dict):
+    """The phantom of context volume ``case`` (``volume-N``) as :func:`make_data` draws it (seed 0) and the indices
+    of its look-alikes in its ``lesion_list``: ``shared.phantoms.lits.draw_volume``."""
+    from shared.phantoms import lits
+
+    return lits.draw_volume(int(case.split("-")[1]), 0, shape, True, **context_options)
+
+
 def context_blind_ceiling(data: Path, shape: list[int], context_options: dict) -> dict:
     """Lesion Dice per case on the held-out volumes of a detector that cannot tell look-alikes from lesions and is
     otherwise perfect (every look-alike voxel called lesion, every lesion voxel found): the most a baseline can
     reach, from the phantoms' own draws (volume N of seed 0, as :func:`make_data` writes them)."""
     from shared.data.lits import make_datalist
-    from shared.phantoms import lits
 
     cases = {}
     for entry in make_datalist(data, seed=SPLIT_SEED)["validation"]:
-        case, lookalikes = lits.draw_volume(int(entry["case"].split("-")[1]), 0, shape, True, **context_options)
+        case, lookalikes = drawn_phantom(entry["case"], shape, context_options)
         found = [i + 1 for i in range(len(case.lesion_list))]
         lesion = np.isin(case.lesions, [i for i in found if i - 1 not in lookalikes]).sum()
         lookalike = np.isin(case.lesions, [i for i in found if i - 1 in lookalikes]).sum()

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import ablation  # noqa: E402
-from benchmarks.va_ablation import SPLIT_SEED  # noqa: E402
+from benchmarks.va_ablation import SPLIT_SEED, drawn_phantom  # noqa: E402
 
 
 def lookalike_mask(case: str, shape: list[int], context_options: dict, reference: Path) -> np.ndarray:
@@ -30,7 +30,7 @@ def lookalike_mask(case: str, shape: list[int], context_options: dict, reference
 
     from shared.phantoms import ct, lits
 
-    phantom, lookalikes = lits.draw_volume(int(case.split("-")[1]), 0, shape, True, **context_options)
+    phantom, lookalikes = drawn_phantom(case, shape, context_options)
     ids, affine = ct.reorient(phantom.lesions, phantom.affine, lits.AXCODES)
     on_disk = nib.load(reference)
     if ids.shape != on_disk.shape or not np.allclose(affine, on_disk.affine, atol=1e-3):
@@ -61,7 +61,7 @@ def run_errors(run: Path) -> dict:
 
     report = json.loads((run / "ablation.json").read_text())
     settings = report["settings"]
-    context = {k: v for k, v in settings["phantom_context"].items() if v is not None}
+    context = settings["phantom_context"]
     entries = make_datalist(run / "lits_context", seed=SPLIT_SEED)["validation"]
     masks = {
         e["case"]: lookalike_mask(e["case"], settings["phantom_shape"], context, Path(e["label"])) for e in entries
