@@ -17,11 +17,16 @@ import statistics
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks.measure import peak_mib, run_child
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,6 +177,19 @@ def run_arms(
             records.append(record)
             print(f"done {record['arm']} seed {record['seed']}: {describe(record)}", flush=True)
     return sorted(records, key=lambda r: (list(arms).index(r["arm"]), r["seed"]))
+
+
+def seed_each_module(model: "torch.nn.Module", seed: int) -> "torch.nn.Module":
+    """Re-initialise every submodule of ``model`` that has ``reset_parameters`` from a generator seeded by ``seed``
+    and the submodule's qualified name, so that the arms of an ablation start the modules they share (same name, same
+    shape) from the same weights at the same seed, whatever modules an arm builds before them. Returns ``model``."""
+    import torch
+
+    for name, module in model.named_modules():
+        if hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False)):
+            torch.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+            module.reset_parameters()
+    return model
 
 
 def by_arm(records: list[dict], arms: Sequence[str]) -> list[tuple[str, list[dict]]]:

@@ -25,6 +25,7 @@ trains with, and the fixed form less one change at a time.
 """
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -173,49 +174,71 @@ def run_arm(
     channels: int = CHANNELS,
     size: int = SIZE,
     bag_size: int = BAG_SIZE,
+    eval_every: int = 0,
 ) -> dict:
     """Train one arm with one seed on bags of ``bag_size`` maps of ``channels`` x ``size`` x ``size``; return its
-    held-out accuracies and the block's measurements."""
+    held-out accuracies, the block's measurements and (``eval_every`` > 0) the held-out object accuracy every
+    ``eval_every`` steps before the measured last 50 (``curve``: [step, accuracy] pairs, the end included).
+
+    Modules are seeded one by one (:func:`benchmarks.ablation.seed_each_module`): at one seed every arm starts the
+    head, and the spatial and the full arm the spatial attention, from the same weights."""
     torch.manual_seed(seed)
     signature = torch.rand(channels, generator=torch.Generator().manual_seed(0))  # common to every run
     kwargs = None if ARMS[arm] is None else {**block_kwargs, **ARMS[arm]}
-    model = Probe(kwargs, channels)
+    model = ablation.seed_each_module(Probe(kwargs, channels), seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     weights = torch.tensor([0.2, 1.0, 1.0])  # background is most pixels
     data = torch.Generator().manual_seed(1000 + seed)
     blocks = {} if model.block is None else {"block": model.block}
-    start = time.perf_counter()
+    held_out_bags, _, ids, classes = draw_bags(
+        torch.Generator().manual_seed(HELD_OUT_SEED), held_out, signature, bag_size, size
+    )
+
+    def accuracy() -> dict:
+        model.eval()
+        with torch.no_grad():
+            result = object_accuracy(model(held_out_bags), ids, classes)
+        model.train()
+        return result
+
+    curve = []
     losses = []
-    with recorded_block_stats(blocks) as stats:
+    start = time.perf_counter()
+    with contextlib.ExitStack() as recording:
         for step in range(steps):
-            if step == steps - 50:
-                summaries(stats, reset=True)  # the measurements of the last 50 steps only
+            if step == max(steps - 50, 0):  # the block's measurements of the last 50 steps only
+                stats = recording.enter_context(recorded_block_stats(blocks))
             bags, labels, _, _ = draw_bags(data, batch, signature, bag_size, size)
             loss = nn.functional.cross_entropy(model(bags), labels, weight=weights)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             losses.append(loss.item())
+            if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps - 50:
+                curve.append([step + 1, accuracy()["object_accuracy"]])
         train_stats = summaries(stats).get("block", {})
     train_s = time.perf_counter() - start
     model.eval()
-    bags, _, ids, classes = draw_bags(torch.Generator().manual_seed(HELD_OUT_SEED), held_out, signature, bag_size, size)
     with torch.no_grad(), recorded_block_stats(blocks) as stats:
-        logits = model(bags)
+        logits = model(held_out_bags)
         held_out_stats = summaries(stats).get("block", {})
-    return {
+    result = object_accuracy(logits, ids, classes)
+    record = {
         "arm": arm,
         "seed": seed,
         "block": kwargs,
         "parameters": sum(p.numel() for p in model.parameters()),
         "va_blocks": [k for k in ("channel", "spatial") if kwargs and kwargs[k]],
         "images_per_target": 1 if kwargs is None else bag_size,
-        **object_accuracy(logits, ids, classes),
+        **result,
         "final_loss": float(np.mean(losses[-50:])),
         "train_s": train_s,
         "train_stats": train_stats,
         "held_out_stats": held_out_stats,
     }
+    if eval_every:
+        record["curve"] = curve + [[steps, result["object_accuracy"]]]
+    return record
 
 
 def describe(record: dict) -> str:
@@ -224,7 +247,7 @@ def describe(record: dict) -> str:
     return (
         f"object accuracy {record['object_accuracy']:.3f} (lesions {record['lesion_accuracy']:.2f}, look-alikes "
         f"{record['lookalike_accuracy']:.2f}), loss {record['final_loss']:.3f}, {record['train_s']:.0f} s; {stats}"
-    )
+    ) + ("".join(f"\n  step {step}: {accuracy:.3f}" for step, accuracy in record.get("curve", [])))
 
 
 def summarize(records: list[dict]) -> tuple[list[dict], str]:
@@ -256,6 +279,7 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--eval_every", type=int, default=0, help="held-out accuracy every so many steps (a curve)")
     parser.add_argument("--out", type=Path, help="JSON of the settings, every run and the table")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -265,10 +289,17 @@ def main() -> None:
             for arm in args.arms:
                 if arm == "target" and form != args.forms[0]:
                     continue  # no block: one form's runs are every form's
-                records.append({"form": form, **run_arm(arm, seed, args.steps, FORMS[form])})
+                records.append(
+                    {"form": form, **run_arm(arm, seed, args.steps, FORMS[form], eval_every=args.eval_every)}
+                )
                 print(f"{form} {arm} seed {seed}: {describe(records[-1])}", flush=True)
     rows, markdown = summarize(records)
-    settings = {"steps": args.steps, "seeds": args.seeds, "forms": {f: FORMS[f] for f in args.forms}}
+    settings = {
+        "steps": args.steps,
+        "eval_every": args.eval_every,
+        "seeds": args.seeds,
+        "forms": {f: FORMS[f] for f in args.forms},
+    }
     settings |= ablation.machine_settings(1)
     settings["total_s"] = time.perf_counter() - started
     print(markdown)
