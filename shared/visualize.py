@@ -21,7 +21,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch, Rectangle  # noqa: E402
 
 from shared.data.atomic import atomic_path  # noqa: E402
-from shared.metrics.deeplesion import FP_RATES, box_overlaps  # noqa: E402
+from shared.metrics.deeplesion import FP_RATES, FROCResult, box_overlaps  # noqa: E402
 
 DPI = 100
 PANEL_INCHES = 3.2
@@ -132,17 +132,17 @@ def _solid_cmap(colour: tuple[float, float, float]) -> matplotlib.colors.ListedC
     return matplotlib.colors.ListedColormap([colour])
 
 
-def save_froc_png(curve: tuple[np.ndarray, np.ndarray], out_path: str | os.PathLike, title: str = "FROC") -> Path:
-    """FROC curve (FPs per image on a log2 axis, sensitivity) with the sensitivity marked at 0.5 ... 16 FPs.
-
-    ``curve`` is ``(fps_per_image, sensitivity)`` of the operating points in threshold order, e.g.
-    ``shared.metrics.deeplesion.froc(...).curve``. The PNG is 640 x 480 pixels.
+def save_froc_png(result: FROCResult, out_path: str | os.PathLike, title: str = "FROC") -> Path:
+    """FROC curve (FPs per image on a log2 axis, sensitivity) of a scored ``shared.metrics.deeplesion.froc`` result,
+    with its reported sensitivities marked at its FP rates (0.5 ... 16): the figures of its tables, read off the curve
+    as its convention reads them. Under the 3DCE convention the operating points are joined by straight lines (3DCE
+    interpolates between them), under ``reachable`` by steps. The PNG is 640 x 480 pixels.
     """
-    fps, sens = (np.asarray(c, dtype=float) for c in curve)
+    fps, sens = (np.asarray(c, dtype=float) for c in result.curve)
+    style = "steps-post" if result.convention == "reachable" else "default"
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    ax.plot(np.maximum(fps, FP_RATES[0] / 4), sens, drawstyle="steps-post", color="tab:blue", label="FROC")
-    for rate in FP_RATES:
-        value = sens[np.flatnonzero(fps <= rate)[-1]] if len(fps) and fps[0] <= rate else 0.0
+    ax.plot(np.maximum(fps, FP_RATES[0] / 4), sens, drawstyle=style, color="tab:blue", label="FROC")
+    for rate, value in zip(result.fp_rates, result.sensitivities, strict=True):
         ax.plot([rate], [value], "o", color="tab:red")
         ax.annotate(f"{value:.3f}", (rate, value), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     ax.set_xscale("log", base=2)

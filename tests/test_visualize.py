@@ -97,9 +97,28 @@ def test_detection_png_colours_where_the_boxes_are(tmp_path):
 
 def test_froc_png(tmp_path):
     result = froc([np.array([[0, 0, 10, 10], [20, 20, 30, 30]])], [np.array([0.9, 0.5])], [np.array([[0, 0, 10, 10]])])
-    pixels = _pixels(visualize.save_froc_png(result.curve, tmp_path / "froc.png", "FROC test"))
+    pixels = _pixels(visualize.save_froc_png(result, tmp_path / "froc.png", "FROC test"))
     assert pixels.shape == (480, 640, 3)
     assert _has_colour(pixels, (214, 39, 40))  # the tab:red markers at the standard FP rates
+
+
+def test_froc_png_marks_the_scored_sensitivities(tmp_path, monkeypatch):
+    """Two images, one lesion each; pooled by score: hit (0.9), FP (0.8), hit (0.7), FP (0.6). The curve reaches 0.5
+    FPs per image at sensitivity 0.5 and, one detection lower, 1.0 at the same rate: 3DCE (the tables) reports 0.5 at
+    0.5 FPs, the last point at the rate would be 1.0. The picture marks what the tables say."""
+    lesions = [np.array([[0, 0, 10, 10]]), np.array([[0, 0, 10, 10]])]
+    boxes = [np.array([[0, 0, 10, 10], [40, 40, 50, 50]]), np.array([[0, 0, 10, 10], [40, 40, 50, 50]])]
+    result = froc(boxes, [np.array([0.9, 0.8]), np.array([0.7, 0.6])], lesions)
+    assert result.sensitivities[0] == 0.5  # the 3DCE reading at 0.5 FPs per image
+    marks = {}
+
+    def capture(fig, out_path):
+        marks.update({t.xy[0]: t.get_text() for t in fig.axes[0].texts})
+        return out_path
+
+    monkeypatch.setattr(visualize, "_save", capture)
+    visualize.save_froc_png(result, tmp_path / "froc.png")
+    assert marks[0.5] == "0.500" and marks[1] == "1.000" and marks[16] == "1.000"
 
 
 def _attention_pixels(tmp_path, name, weights=None, spatial=None, key_slice=None, **kwargs) -> np.ndarray:

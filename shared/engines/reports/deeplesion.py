@@ -144,7 +144,7 @@ def evaluate_detector(
         rows = "".join(f"{g},{'' if math.isnan(v) else f'{v:.4f}'}\n" for g, v in groups)
         tmp.write_text("group,sensitivity_at_4fp\n" + rows)
 
-    save_froc_png(result.curve, out_dir / "froc.png", title=f"FROC, DeepLesion {split}")
+    save_froc_png(result, out_dir / "froc.png", title=f"FROC, DeepLesion {split}")
     print(f"\nDeepLesion {split}: {result.num_images} key slices, {result.num_lesions} lesions")
     print(_text_table(["FPs per image", *(f"{r:g}" for r in FP_RATES)], ["sensitivity", *result.sensitivities]))
     print("CS-Att Table 2 groups, sensitivity at 4 FPs per image")
