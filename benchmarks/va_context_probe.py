@@ -69,6 +69,8 @@ FORMS = {
     "fixed_plain_gates": {**FIXED, "gate_norm": False},
     "fixed_spatial_relu": {**FIXED, "spatial_relu": True},
     "fixed_c16_hidden": {**FIXED, "min_hidden": 1},
+    # the fixed form with the spatial attention computed from the bag before the channel gate
+    "fixed_parallel": {**FIXED, "sequential": False},
 }
 """Block forms (``VolumetricAttention`` keyword arguments) the probe compares: ``--forms``."""
 

@@ -151,6 +151,20 @@ def test_gate_norm_divides_each_gate_by_its_mean():
     torch.testing.assert_close(plain(bag, 2), bag[:, 2] * c_gate * plain.spatial_attention(bag, 2, c_gate)[1])
 
 
+def test_sequential_false_computes_the_spatial_attention_from_the_ungated_bag():
+    """Default (sec. 1, sequential): S_s from the bag gated by S_c. ``sequential=False``: S_s from the bag as given;
+    both gates multiply the target either way."""
+    bag = _bag()
+    sequential, parallel = _block(), _block(sequential=False)  # same seed: the same weights
+    _, c_gate = sequential.channel_attention(bag, 2)
+    s_gated = sequential.spatial_attention(bag, 2, c_gate)[1]
+    s_plain = sequential.spatial_attention(bag, 2, None)[1]
+    assert not torch.allclose(s_gated, s_plain)  # the order matters on this bag
+    torch.testing.assert_close(sequential(bag, 2), bag[:, 2] * c_gate * s_gated)
+    torch.testing.assert_close(parallel(bag, 2), bag[:, 2] * c_gate * s_plain)
+    torch.jit.script(parallel)  # scriptable like the default
+
+
 @pytest.mark.parametrize(("channels", "min_hidden", "hidden"), [(256, 1, 16), (64, 1, 4), (64, 16, 16), (8, 1, 1)])
 def test_channel_embedding_width(channels, min_hidden, hidden):
     """C / 16 hidden units as eq. 2 writes (16 at the paper's 256-channel FPN), at least ``min_hidden``."""

@@ -57,6 +57,9 @@ class VolumetricAttention(nn.Module):
         spatial_relu: the ReLU that starts the spatial head (sec. 2.3: "an architecture similar to that of Section
             2.2", whose head is relu, conv, sigmoid). False: conv and sigmoid only (CBAM's spatial head): a ReLU on
             the one-channel attended embedding passes nothing once that map is below 0 everywhere.
+        sequential: compute the spatial attention from the bag with the channel gate applied to every member (sec. 1:
+            "sequentially", as CBAM). False: from the bag as given, both gates then multiplied onto the target (in the
+            VA context probe the channel gate in front stalled the spatial attention in one seed of three).
 
     Forward:
         bag: (B, N, C, *spatial) features in z order.
@@ -70,6 +73,7 @@ class VolumetricAttention(nn.Module):
     spatial: Final[bool]
     spatial_scale: Final[bool]
     gate_norm: Final[bool]
+    sequential: Final[bool]
 
     def __init__(
         self,
@@ -83,6 +87,7 @@ class VolumetricAttention(nn.Module):
         spatial_scale: bool = False,
         gate_norm: bool = False,
         spatial_relu: bool = True,
+        sequential: bool = True,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -93,6 +98,7 @@ class VolumetricAttention(nn.Module):
         self.spatial = spatial
         self.spatial_scale = spatial_scale
         self.gate_norm = gate_norm
+        self.sequential = sequential
         if channel:
             hidden = channel_hidden_units(in_channels, reduction, min_hidden)
             # F_emb^c = W2 relu(W1 F_avg^c(.)), shared by target and bag (eq. 2).
@@ -167,7 +173,8 @@ class VolumetricAttention(nn.Module):
         if self.channel:
             _, gate = self.channel_attention(bag, t)
             target = target * gate
-            channel_gate = gate
+            if self.sequential:
+                channel_gate = gate
         if self.spatial:
             _, spatial_gate = self.spatial_attention(bag, t, channel_gate)
             target = target * spatial_gate
