@@ -186,7 +186,7 @@ def seed_each_module(model: "torch.nn.Module", seed: int) -> "torch.nn.Module":
     import torch
 
     for name, module in model.named_modules():
-        if hasattr(module, "reset_parameters") and any(True for _ in module.parameters(recurse=False)):
+        if hasattr(module, "reset_parameters") and next(module.parameters(recurse=False), None) is not None:
             torch.manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
             module.reset_parameters()
     return model
