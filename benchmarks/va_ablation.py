@@ -5,7 +5,7 @@ lesion false positives per volume and look-alikes hit on the held-out volumes.
 
     PYTHONPATH=. .venv/bin/python benchmarks/va_ablation.py [--out outputs/va_ablation]
         [--arms full baseline] [--seeds 0 1 2] [--epochs 5] [--samples 200] [--cases 32] [--shape 128 128 64]
-        [--pretrain_epochs 18] [--pretrained_parts backbone rpn roi_heads] [--form fixed]
+        [--pretrain_epochs 18] [--pretrained_parts backbone rpn roi_heads] [--form fixed|fixed_parallel|paper]
         [--context_bag 9] [--max_lookalikes 1] [--jobs 2] [--args_file more_overrides.json] [--smoke]
 
 The data are ``python -m shared phantoms lits --context true --context_bag 9 --max_lookalikes 1`` volumes: one liver
@@ -23,7 +23,10 @@ no model is picked on the held-out volumes.
 
 VA block form (``--form``): ``fixed`` (:data:`FIXED_FORM`, the default) is what the block needed to carry context in
 ``benchmarks/va_context_probe.py``, where eq. 2-3 as written (``paper``, :data:`PAPER_FORM`, the bundle's defaults
-and the ``full_paper`` arm's) did not. The blocks' measurements (``benchmarks/va_block_stats.py``: hidden units
+and the ``full_paper`` arm's) did not; ``fixed_parallel`` (:data:`FIXED_PARALLEL_FORM`) is that form with the
+spatial attention read from the bag before the channel gate (``sequential`` false), which carried context in every
+seed of the probe where the paper's sequential order stalled in one. The pre-training builds no VA block and does
+not depend on the form. The blocks' measurements (``benchmarks/va_block_stats.py``: hidden units
 alive, slice-attention entropy and weights, gate spread, output / target norm) are logged per FPN level in every
 training epoch and on the held-out volumes (``training_watch``, ``evaluation_watch``; tables:
 ``benchmarks/va_slice_attention.py``).
@@ -90,9 +93,19 @@ FIXED_FORM = as_knobs(va_context_probe.FIXED)
 """The block form the VA arms train with (``--form fixed``, the default): eq. 3's product divided by H*W, gates
 divided by their mean, at least 16 hidden units in eq. 2's embedding, no ReLU starting the spatial head: the form
 that ``benchmarks/va_context_probe.py`` calls ``fixed`` (bundle docs: what each change is needed for)."""
-PAPER_FORM = {"spatial_scale": "false", "gate_norm": "false", "min_hidden": 1, "spatial_relu": "true"}
+PAPER_FORM = {
+    "spatial_scale": "false",
+    "gate_norm": "false",
+    "min_hidden": 1,
+    "spatial_relu": "true",
+    "sequential": "true",
+}
 """Eq. 2-3 as written (the bundle's defaults): the ``full_paper`` arm, and every VA arm with ``--form paper``."""
-FORMS = {"fixed": FIXED_FORM, "paper": PAPER_FORM}
+FIXED_PARALLEL_FORM = as_knobs(va_context_probe.FORMS["fixed_parallel"])
+""":data:`FIXED_FORM` with ``sequential`` false (``--form fixed_parallel``): the spatial attention read from the bag as
+given, not from the channel-gated bag (the probe's ``fixed_parallel``, where full VA carried context in every seed)."""
+FORMS = {"fixed": FIXED_FORM, "fixed_parallel": FIXED_PARALLEL_FORM, "paper": PAPER_FORM}
+FORM_KNOBS = {knob for form in FORMS.values() for knob in form}
 VA = {"attention": "true"}
 
 # arm -> (the model it claims to be, the VA blocks its network must hold, its knobs as the command line gives them);
@@ -139,6 +152,8 @@ def block_form(block) -> dict:
         form["spatial_relu"] = isinstance(block.spatial_head[0], nn.ReLU)
     if block.channel:
         form["channel_hidden"] = block.channel_embedding[0].out_channels
+    if block.channel and block.spatial:
+        form["sequential"] = block.sequential
     return form
 
 
@@ -177,6 +192,8 @@ def claimed_form(knobs: dict, channels: int) -> dict:
         form["spatial_relu"] = as_bool(knobs.get("spatial_relu", True), "spatial_relu")
     if "channel" in blocks:
         form["channel_hidden"] = channel_hidden_units(channels, min_hidden=int(knobs.get("min_hidden", 1)))
+    if len(blocks) == 2:
+        form["sequential"] = as_bool(knobs.get("sequential", True), "sequential")
     return form
 
 
@@ -485,7 +502,8 @@ def main() -> None:
     data = make_data(out, args.cases, args.shape, context_options)
     ceiling = context_blind_ceiling(data, args.shape, context_options)
     print(f"context-blind ceiling of the held-out lesion Dice per case: {ceiling['mean']:.3f}", flush=True)
-    pretrained = pretrain(out, args.cases, args.shape, extra, args.pretrain_epochs)
+    no_form = {key: value for key, value in extra.items() if key not in FORM_KNOBS}  # the baseline has no VA blocks
+    pretrained = pretrain(out, args.cases, args.shape, no_form, args.pretrain_epochs)
     extra = {**extra, "pretrained": "true", "pretrained_path": str(pretrained), "frozen_batchnorm": "true"}
     extra["pretrained_parts"] = args.pretrained_parts
     parallel = max(1, args.jobs)

@@ -246,6 +246,12 @@ def test_train_defaults_are_the_papers(configs):
         assert config.get_parsed_content("network_def#gate_norm") is False
         assert config.get_parsed_content("network_def#min_hidden") == 1
         assert config.get_parsed_content("network_def#spatial_relu") is True  # relu, conv, sigmoid as sec. 2.2
+        assert config.get_parsed_content("network_def#sequential") is True  # sec. 1: channel, then spatial
+        config["sequential"] = "false"  # as the command line gives it
+        blocks = [
+            m for m in config.get_parsed_content("network_def", instantiate=True).modules() if hasattr(m, "sequential")
+        ]
+        assert len(blocks) == 5 and not any(m.sequential for m in blocks)  # one block per FPN level, each parallel
         assert config["fpn_channels"] == 256  # mmdetection's Mask R-CNN FPN, the COCO checkpoint's width
     defaults = _parser(configs, "train.json")
     assert defaults["pretrained"] is True and defaults.get_parsed_content("frozen_batchnorm") is True

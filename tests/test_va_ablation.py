@@ -20,10 +20,11 @@ from shared.networks.va_rcnn import build_va_mask_rcnn
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.parametrize("form", ["fixed", "fixed_parallel"])
 @pytest.mark.parametrize("arm", list(ablation.ARMS))
-def test_each_arm_builds_the_model_it_claims(arm, tmp_path):
+def test_each_arm_builds_the_model_it_claims(arm, form, tmp_path):
     """The knobs go in as the lower-case strings the command line gives ('false' must not switch VA on)."""
-    extra = {**ablation.FIXED_FORM}
+    extra = {**ablation.FORMS[form]}
     overrides = ablation.arm_overrides(arm, seed=0, data=tmp_path, arm_dir=tmp_path, epochs=2, extra=extra)
     knobs = ("attention", "channel_attention", "spatial_attention")
     assert all(overrides[k] in ("true", "false") for k in knobs if k in overrides)
@@ -33,15 +34,19 @@ def test_each_arm_builds_the_model_it_claims(arm, tmp_path):
     network = parser.get_parsed_content("network_def")
     found = ablation.check_arm(arm, overrides, network, "built")
     assert found["blocks"] == list(ablation.ARMS[arm][1])
-    fixed = {"spatial_scale": True, "gate_norm": True, "spatial_relu": False, "channel_hidden": 16}  # 64 ch, min 16
-    paper = {"spatial_scale": False, "gate_norm": False, "spatial_relu": True, "channel_hidden": 4}  # 64 // 16
+    # 64 channels: 16 hidden units with the fixed form's floor, 64 // 16 = 4 as written; the order only with both gates
+    fixed = {"spatial_scale": True, "gate_norm": True, "spatial_relu": False, "channel_hidden": 16}
+    fixed["sequential"] = form == "fixed"
+    paper = {"spatial_scale": False, "gate_norm": False, "spatial_relu": True, "channel_hidden": 4, "sequential": True}
     blocks = ablation.ARMS[arm][1]
-    expected = paper if arm == "full_paper" else {} if not blocks else fixed  # the run's form, here the fixed one
+    expected = paper if arm == "full_paper" else {} if not blocks else fixed  # the run's form
     if blocks == ("channel",):
-        expected = {k: v for k, v in expected.items() if k != "spatial_relu"}
+        expected = {k: v for k, v in expected.items() if k not in ("spatial_relu", "sequential")}
     if blocks == ("spatial",):
-        expected = {k: v for k, v in expected.items() if k != "channel_hidden"}
+        expected = {k: v for k, v in expected.items() if k not in ("channel_hidden", "sequential")}
     assert found["form"] == expected
+    orders = {m.sequential for m in network.modules() if hasattr(m, "sequential")}  # one-gate arms: the knob unused
+    assert orders == ({form == "fixed" or arm == "full_paper"} if blocks else set())
     assert found["images_per_target"] == (1 if arm == "baseline" else 9) and found["bag_size"] == 9
     assert found["parameters"] == sum(p.numel() for p in network.parameters())
 
@@ -67,10 +72,16 @@ def test_a_mislabelled_arm_is_refused():
     # the block form: 256 // 16 = 16 hidden units as written, the fixed form's floor 16 (the network has 32)
     with pytest.raises(SystemExit, match="'gate_norm': True.*not .*'gate_norm': False"):
         ablation.check_arm("full", knobs("full"), fixed, "built")
-    with pytest.raises(SystemExit, match="'channel_hidden': 32}, not .*'channel_hidden': 16}"):
+    with pytest.raises(SystemExit, match="'channel_hidden': 32, 'sequential': True}, not .*'channel_hidden': 16, "):
         ablation.check_arm("full", knobs("full", ablation.FIXED_FORM), fixed, "built")
     with pytest.raises(SystemExit, match="'gate_norm': True.*not .*'gate_norm': False"):
         ablation.check_arm("full_paper", knobs("full_paper", ablation.FIXED_FORM), fixed, "built")
+    # the order of the gates: a sequential network is not the fixed_parallel form it would claim
+    fixed_knobs = {**ablation.FIXED_PARALLEL_FORM, "min_hidden": 32}
+    with pytest.raises(SystemExit, match="'sequential': True}, not .*'sequential': False}"):
+        ablation.check_arm("full", knobs("full", fixed_knobs), fixed, "built")
+    parallel = network(spatial_scale=True, gate_norm=True, min_hidden=32, spatial_relu=False, sequential=False)
+    assert ablation.check_arm("full", knobs("full", fixed_knobs), parallel, "built")["form"]["sequential"] is False
     # channel block per FPN level (256 channels, reduction 16): 256*16+16 + 16*256+256 + 256*256+256; 5 levels
     parameters = {name: ablation.va_blocks(n)["parameters"] for name, n in [("channel", channel), ("base", baseline)]}
     assert parameters["channel"] - parameters["base"] == 5 * (4112 + 4352 + 65792)

@@ -84,7 +84,7 @@ class VABackbone(nn.Module):
         attention: False gives the baseline 2.5D detector: only the target image is used (same input format).
         channel, spatial: switches of the VA block (Table 2d).
         block_options: further keyword arguments of every ``VolumetricAttention`` block (``spatial_scale``,
-            ``gate_norm``, ``min_hidden``, ``spatial_relu``); none: eq. 2-3 as written.
+            ``gate_norm``, ``min_hidden``, ``spatial_relu``, ``sequential``); none: the paper's form.
         location: ``"rpn"`` (default, Fig. 2): VA on every FPN level, one block per level (levels differ in scale
             and statistics, so they do not share weights); ``"roi"`` (Table 2e "RCNN"): the RPN sees the target's
             own features and VA is applied to RoI-aligned bag features by :class:`BagRoIAlign` in the heads, which
@@ -349,6 +349,7 @@ def build_va_mask_rcnn(
     gate_norm: bool = False,
     min_hidden: int = 1,
     spatial_relu: bool = True,
+    sequential: bool = True,
     location: str = "rpn",
     min_size: int = 1024,
     max_size: int = 1024,
@@ -364,8 +365,8 @@ def build_va_mask_rcnn(
 
     ``attention=False`` is the baseline 2.5D Mask R-CNN (target image only) with the same input; ``spatial_scale``
     (divide eq. 3's product by H*W), ``gate_norm`` (gates divided by their mean), ``min_hidden`` (fewest hidden
-    units of eq. 2's embedding) and ``spatial_relu`` (the spatial head's ReLU) go to every ``VolumetricAttention``
-    block (defaults: eq. 2-3 as written).
+    units of eq. 2's embedding), ``spatial_relu`` (the spatial head's ReLU) and ``sequential`` (spatial attention read
+    from the channel-gated bag, sec. 1) go to every ``VolumetricAttention`` block (defaults: the paper's form).
     ``backbone_weights`` (e.g. ``"ResNet50_Weights.IMAGENET1K_V1"``) downloads ImageNet weights: only when asked and
     online; COCO or DeepLesion detector weights are loaded afterwards with
     :func:`shared.networks.pretrained.load_pretrained`. ``frozen_batchnorm`` defaults to True with pretrained
@@ -388,6 +389,7 @@ def build_va_mask_rcnn(
             "gate_norm": gate_norm,
             "min_hidden": min_hidden,
             "spatial_relu": spatial_relu,
+            "sequential": sequential,
         },
         location,
         min_size,
@@ -412,6 +414,7 @@ def build_va_faster_rcnn(
     gate_norm: bool = False,
     min_hidden: int = 1,
     spatial_relu: bool = True,
+    sequential: bool = True,
     location: str = "rpn",
     min_size: int = 512,
     max_size: int = 512,
@@ -440,6 +443,7 @@ def build_va_faster_rcnn(
             "gate_norm": gate_norm,
             "min_hidden": min_hidden,
             "spatial_relu": spatial_relu,
+            "sequential": sequential,
         },
         location,
         min_size,
