@@ -111,12 +111,14 @@ def train_and_evaluate(
     check: Callable[[object, str], dict],
     name: str,
     watch: Callable[[str, object, object], contextlib.AbstractContextManager[dict]] | None = None,
+    init: Callable[[object], object] | None = None,
 ) -> tuple[dict, dict]:
     """Train with ``train.json`` and ``overrides``, then evaluate with ``evaluate.json`` and ``eval_overrides`` on top;
     ``check(network, "trainer's" | "evaluated")`` reads each network before it runs (and stops a mislabelled arm).
     ``watch(phase, network, engine)``, if given, is entered around training (``"training"``, the trainer) and
     around evaluation (``"evaluation"``, engine None) and yields a dict it fills while they run; the two dicts join
-    what ``check`` read under ``"training_watch"`` and ``"evaluation_watch"``.
+    what ``check`` read under ``"training_watch"`` and ``"evaluation_watch"``. ``init(network)``, if given,
+    re-initialises the trainer's network in place before training (e.g. :func:`seed_each_module`).
     Returns what ``check`` read of the evaluated network (and what was watched) and the costs (wall and CPU seconds,
     this process's peak RSS: the arm runs alone in it)."""
     watch = watch or (lambda phase, network, engine: contextlib.nullcontext({}))
@@ -125,6 +127,8 @@ def train_and_evaluate(
     trainer = training.parser.get_parsed_content("train#trainer")
     trained = check(trainer.network, "trainer's")
     print(f"{name}: {trained}", flush=True)
+    if init is not None:
+        init(trainer.network)
     with watch("training", trainer.network, trainer) as training_watch:
         training.run()
     train_s, train_cpu_s = time.perf_counter() - start, time.process_time() - cpu_start

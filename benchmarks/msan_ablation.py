@@ -10,7 +10,12 @@ Every arm runs the real bundle (``monai.bundle``'s ``create_workflow``, what ``p
 ``bundles/msan_kits/configs/train.json``, then ``evaluate.json`` on the test split, in a process of its own, so the
 peak RSS reported is that arm's. The trainer's network, and the one evaluated, are read back from the workflows and
 named from the blocks they hold (:func:`shared.networks.msan.architecture`): an arm whose network is not the model it
-claims stops the run.
+claims stops the run; the record gives the V2 branch's gain (``network_def#res2net_gain``, e.g. through
+``--args_file``) as the network holds it, at the start and trained.
+The arms' weights are paired: every module is re-drawn from the seed and its name before training
+(:func:`paired_init`), so at one seed V1 and V2 start the modules they share alike. Each record holds the validator's
+whole-volume Dice (mean of kidney and tumour) at every validation (``validation``) and, for V2, the Res2Net output's
+rms over the bottom conv block's per epoch of training (``training_watch``).
 The vote takes each seed's five members' saved predictions (the bundle's largest-connected-component step already
 applied to each) through MONAI's ``VoteEnsemble`` and the same connected-component step again.
 
@@ -20,6 +25,7 @@ The processes, timings and report files are those of every ablation here (``benc
 """
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -27,6 +33,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -90,19 +97,83 @@ def check_arm(arm: str, network, what: str) -> dict:
     claimed = ARMS[arm][2]
     if found["name"] != claimed:
         raise SystemExit(f"arm {arm}: the {what} network is {found['name']!r}, not {claimed!r}")
-    return {"model": found.pop("name"), **found}
+    gain = getattr(network, "res2net_gain", None)
+    return {"model": found.pop("name"), **found, "res2net_gain": None if gain is None else float(gain)}
+
+
+def paired_init(seed: int, network) -> None:
+    """Re-draw ``network``'s weights module by module from ``seed`` and each module's name
+    (:func:`benchmarks.ablation.seed_each_module`), so that the arms start the modules they share from the same
+    weights at the same seed (V2 builds its Res2Net block before the gates, up-convolutions and heads, which would
+    otherwise draw other weights than V1's); the global random state (data order, augmentation) is left as it was."""
+    import torch
+
+    state = torch.get_rng_state()
+    ablation.seed_each_module(network, seed)
+    torch.set_rng_state(state)
+
+
+@contextlib.contextmanager
+def watched_branch(phase: str, network, trainer) -> Iterator[dict]:
+    """In training, for a network with a V2 Res2Net block: the root mean square of the block's output and of the
+    bottom conv block's (the two summed), and their ratio, over each epoch's training iterations
+    (``{"epochs": [{"epoch", "iteration", "branch_rms", "bottom_rms", "ratio"}, ...]}``); nothing otherwise."""
+    from ignite.engine import Events
+
+    log: dict = {}
+    branch = getattr(network, "bottom_res2net", None)
+    if trainer is None or branch is None:
+        yield log
+        return
+    sums = {"branch": [0.0, 0], "bottom": [0.0, 0]}
+
+    def record(key: str):
+        def hook(module, inputs, output) -> None:
+            if module.training:  # not the validator's sliding windows
+                sums[key][0] += float(output.detach().square().sum())
+                sums[key][1] += output.numel()
+
+        return hook
+
+    handles = [branch.register_forward_hook(record("branch")), network.bottom.register_forward_hook(record("bottom"))]
+    log["epochs"] = []
+
+    def epoch_done(engine) -> None:
+        rms = {key: (total / count) ** 0.5 if count else float("nan") for key, (total, count) in sums.items()}
+        entry = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
+        log["epochs"].append(entry | {f"{k}_rms": v for k, v in rms.items()} | {"ratio": rms["branch"] / rms["bottom"]})
+        for value in sums.values():
+            value[:] = [0.0, 0]
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, epoch_done)
+    try:
+        yield log
+    finally:
+        trainer.remove_event_handler(epoch_done, Events.EPOCH_COMPLETED)
+        for handle in handles:
+            handle.remove()
 
 
 def run_arm(arm: str, seed: int, data: Path, arm_dir: Path, iterations: int, extra: dict) -> dict:
     """Train one arm with one seed through the bundle, evaluate it on the test split, return its record."""
     from shared.data.kits19 import make_datalist
     from shared.metrics.kits19 import evaluate_dir
+    from shared.visualize import training_curves
 
     overrides = arm_overrides(arm, seed, data, arm_dir, iterations, extra)
     eval_dir = arm_dir / "eval"
     check = functools.partial(check_arm, arm)
     name = f"arm {arm} seed {seed}"
-    evaluated, costs = ablation.train_and_evaluate(CONFIGS, overrides, {"eval_dir": str(eval_dir)}, check, name)
+    evaluated, costs = ablation.train_and_evaluate(
+        CONFIGS,
+        overrides,
+        {"eval_dir": str(eval_dir)},
+        check,
+        name,
+        watched_branch,
+        functools.partial(paired_init, seed),
+    )
+    _, validation = training_curves(arm_dir / "runs")  # the validator's whole-volume Dice at each validation
     cases = [entry["case"] for entry in make_datalist(data)["test"]]
     table = evaluate_dir(eval_dir, data, cases)
     return {
@@ -113,6 +184,7 @@ def run_arm(arm: str, seed: int, data: Path, arm_dir: Path, iterations: int, ext
         "cases": table.rows,
         "kidney_dice": table.summary["kidney_dice"],
         "tumour_dice": table.summary["tumour_dice"],
+        "validation": validation,
         "eval_dir": str(eval_dir),
         "data": str(data),
     }

@@ -73,6 +73,10 @@ def test_smoke_run_writes_the_table(tmp_path):
     assert runs["unet"]["attention_gates"] == 0 and runs["v2_ds"]["res2net_blocks"] == 1
     assert runs["v2_ds"]["supervision_heads"] == 2 and runs["v2_ds"]["parameters"] > runs["unet"]["parameters"]
     assert all(r["peak_rss_mib"] > 0 and 0 <= r["tumour_dice"] <= 1 for r in runs.values())
+    # the validator's Dice at each validation (every 8 // 4 = 2 iterations), the V2 branch's rms per epoch
+    assert all([i for i, _ in r["validation"]["val_kits19_dice"]] == [2, 4, 6, 8] for r in runs.values())
+    assert runs["v2_ds"]["training_watch"]["epochs"][-1]["ratio"] > 0 and "training_watch" not in runs["unet"]
+    assert runs["v2_ds"]["res2net_gain"] is None  # the paper's plain sum unless --args_file sets a gain
     assert report["votes"] and report["votes"][0]["members"] == ablation.SMOKE["arms"]
     assert "2-model vote" in (tmp_path / "ablation.md").read_text()
 
@@ -84,3 +88,68 @@ def test_demo_sizes_are_the_main_jobs():
     job = json.loads(heredoc.replace("$OUT_DIR", "/out").replace("$SEED", "0"))
     paths_and_seed = {"dataset_dir", "ckpt_dir", "output_dir", "seed"}
     assert {k: v for k, v in job.items() if k not in paths_and_seed} == ablation.DEMO_OVERRIDES
+
+
+def test_paired_init_starts_v1_and_v2_alike_and_keeps_the_random_state():
+    import torch
+
+    from shared.networks.msan import MSAN
+
+    sizes = {"channels": (4, 8, 16), "strides": ((2, 2, 1), (2, 2, 2)), "norm": "instance"}
+    torch.manual_seed(0)
+    v1 = MSAN(variant="v1", **sizes)
+    torch.manual_seed(0)
+    v2 = MSAN(variant="v2", **sizes)
+    shared = [k for k in v1.state_dict() if k in v2.state_dict()]
+    after = [k for k in shared if k.startswith(("attentions", "ups", "decoders", "head"))]  # built after the block
+    assert not any(torch.equal(v1.state_dict()[k], v2.state_dict()[k]) for k in after if k.endswith("weight"))
+    state = torch.get_rng_state()
+    ablation.paired_init(0, v1)
+    ablation.paired_init(0, v2)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(v1.state_dict()[k], v2.state_dict()[k]) for k in shared)
+    ablation.paired_init(1, v2)
+    assert not torch.equal(v1.state_dict()["head.conv.weight"], v2.state_dict()["head.conv.weight"])
+
+
+def test_watched_branch_logs_the_res2net_output_over_the_bottom_in_training_only():
+    """Bottom conv block and Res2Net block replaced by convolutions giving constant maps 1 and 3: rms ratio 3; the
+    evaluation-mode forward (the validator's) in between, with other constants, must not count."""
+    import torch
+    from ignite.engine import Engine
+
+    from shared.networks.msan import MSAN
+
+    network = MSAN(channels=(4, 8, 16), strides=((2, 2, 1), (2, 2, 2)), variant="v2", norm="instance")
+
+    def constant(value: float) -> torch.nn.Conv3d:
+        conv = torch.nn.Conv3d(8, 16, 1)
+        torch.nn.init.zeros_(conv.weight)
+        torch.nn.init.constant_(conv.bias, value)
+        return conv
+
+    network.bottom, network.bottom_res2net = constant(1.0), constant(3.0)
+    x = torch.randn(1, 1, 8, 8, 4)
+
+    def step(engine, batch):
+        network.train()(x)
+        with torch.no_grad():
+            network.bottom.bias.add_(10.0)  # what an eval-mode forward sees
+            network.eval()(x)
+            network.bottom.bias.sub_(10.0)
+
+    trainer = Engine(step)
+    with ablation.watched_branch("training", network, trainer) as log:
+        trainer.run(range(2), max_epochs=2)
+    assert [(e["epoch"], e["iteration"]) for e in log["epochs"]] == [(1, 2), (2, 4)]
+    for entry in log["epochs"]:
+        assert entry["bottom_rms"] == pytest.approx(1.0) and entry["branch_rms"] == pytest.approx(3.0)
+        assert entry["ratio"] == pytest.approx(3.0)
+    trainer.state.max_epochs = None
+    trainer.run(range(2), max_epochs=1)  # after the watch: nothing more logged
+    assert len(log["epochs"]) == 2
+    v1 = MSAN(channels=(4, 8, 16), strides=((2, 2, 1), (2, 2, 2)))
+    with ablation.watched_branch("training", v1, trainer) as unwatched:
+        trainer.state.max_epochs = None
+        trainer.run(range(2), max_epochs=1)
+    assert unwatched == {}

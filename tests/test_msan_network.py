@@ -144,3 +144,36 @@ def test_2d_network():
     model = MSAN(spatial_dims=2, channels=CHANNELS, strides=(2, 2), variant="v2").eval()
     with torch.no_grad():
         assert model(torch.randn(1, 1, 15, 10)).shape == (1, 3, 15, 10)
+
+
+def test_res2net_gain_zero_starts_v2_as_v1_and_learns_the_gain():
+    """With ``res2net_gain=0`` a V2 network gives V1's output from V1's weights (the branch multiplied by 0), the gain
+    gets a gradient at once, and the branch's weights get theirs once the gain has moved; the default is the paper's
+    plain sum (no gain parameter)."""
+    torch.manual_seed(0)
+    v1 = MSAN(channels=CHANNELS, strides=ANISO, variant="v1").eval()
+    v2 = MSAN(channels=CHANNELS, strides=ANISO, variant="v2", res2net_gain=0).eval()
+    missing, unexpected = v2.load_state_dict(v1.state_dict(), strict=False)
+    assert unexpected == [] and all(k.startswith("bottom_res2net") or k == "res2net_gain" for k in missing)
+    x = torch.randn(2, 1, 16, 12, 4)
+    assert torch.equal(v2(x), v1(x))
+    v2.train()(x).square().mean().backward()
+    assert v2.res2net_gain.grad is not None and v2.res2net_gain.grad.abs() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in v2.bottom_res2net.parameters())
+    with torch.no_grad():
+        v2.res2net_gain.fill_(0.5)
+    v2.zero_grad()
+    v2(x).square().mean().backward()
+    assert all(p.grad.abs().sum() > 0 for p in v2.bottom_res2net.parameters())
+    plain = MSAN(channels=CHANNELS, strides=ANISO, variant="v2")
+    assert plain.res2net_gain is None and "res2net_gain" not in dict(plain.named_parameters())
+    with pytest.raises(ValueError, match="res2net_gain=0 needs variant 'v2'"):
+        MSAN(channels=CHANNELS, strides=ANISO, variant="v1", res2net_gain=0)
+
+
+def test_torchscript_with_a_res2net_gain():
+    torch.manual_seed(0)
+    model = MSAN(channels=CHANNELS, strides=ANISO, variant="v2", res2net_gain=0.25).eval()
+    x = torch.randn(1, 1, 9, 8, 4)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.script(model)(x), model(x), atol=1e-5)

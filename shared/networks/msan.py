@@ -82,6 +82,10 @@ class MSAN(nn.Module):
         deep_supervision: True adds the two auxiliary heads (returned in training mode only); must be a bool, so a
             string such as ``"false"`` from a command line cannot silently switch it on.
         res2net_scale: number of groups of the V2 Res2Net block.
+        res2net_gain: None (default, the paper's plain sum): the V2 Res2Net output is added to the bottom branch's as
+            it is; a number: it is multiplied by a learnable scalar that starts at this value before the sum (0: V2
+            starts as V1, SkipInit of De & Smith, NeurIPS 2020, the zero-gamma start nnU-Net gives residual
+            branches). Only with ``variant="v2"``.
         kernel_size: convolution kernel of the encoder/decoder blocks.
         norm: MONAI norm name or (name, args), e.g. ``"batch"`` (Cicek et al.) or ``"instance"``.
         act: MONAI activation name or (name, args).
@@ -105,6 +109,7 @@ class MSAN(nn.Module):
         variant: str = "v1",
         deep_supervision: bool = False,
         res2net_scale: int = 4,
+        res2net_gain: float | None = None,
         kernel_size: int = 3,
         norm: str | tuple = "batch",
         act: str | tuple = "relu",
@@ -140,6 +145,12 @@ class MSAN(nn.Module):
             if variant == "v2"
             else None
         )
+        # PAPER: nothing scales the sum. CHOICE (knob res2net_gain, default None: the plain sum): a learnable scalar on
+        # the branch, so that an untrained branch need not carry most of the bottom's energy from the first step.
+        if res2net_gain is not None and variant != "v2":
+            raise ValueError(f"res2net_gain={res2net_gain!r} needs variant 'v2' (the Res2Net block), not {variant!r}")
+        gain = None if res2net_gain is None else nn.Parameter(torch.tensor(float(res2net_gain)))
+        self.register_parameter("res2net_gain", gain)
         # PAPER: "the larger feature maps are added element-wisely with the smaller feature maps" (fig. 1 missing).
         # CHOICE: the smaller map is the encoder map one level below each skip (the bottom for the deepest skip), so
         # every gate mixes two scales of the same encoding; see MultiScaleAttention for the gate itself.
@@ -183,7 +194,8 @@ class MSAN(nn.Module):
             h = pool(h)
         bottom = self.bottom(h)
         if self.bottom_res2net is not None:
-            bottom = bottom + self.bottom_res2net(h)
+            branch = self.bottom_res2net(h)
+            bottom = bottom + (branch if self.res2net_gain is None else self.res2net_gain * branch)
         encoded.append(bottom)
 
         skips = encoded[:-1]
