@@ -11,7 +11,8 @@ Every arm runs the real bundle (``monai.bundle``'s ``create_workflow``, what ``p
 peak RSS reported is that arm's. The trainer's network, and the one evaluated, are read back from the workflows and
 named from the blocks they hold (:func:`shared.networks.msan.architecture`): an arm whose network is not the model it
 claims stops the run; the record gives the V2 branch's gain (``network_def#res2net_gain``, e.g. through
-``--args_file``) as the network holds it, at the start and trained.
+``--args_file``) that the network starts with (``res2net_gain``) and the evaluated model's (``res2net_gain_trained``,
+read from its checkpoint).
 The arms' weights are paired: every module is re-drawn from the seed and its name before training
 (:func:`paired_init`), so at one seed V1 and V2 start the modules they share alike. Each record holds the validator's
 whole-volume Dice (mean of kidney and tumour) at every validation (``validation``) and, for V2, the Res2Net output's
@@ -154,6 +155,14 @@ def watched_branch(phase: str, network, trainer) -> Iterator[dict]:
             handle.remove()
 
 
+def trained_gain(checkpoint: Path) -> float | None:
+    """The V2 branch's gain in a saved model (the bundle's ``model.pt``, a state dict); None if it has none."""
+    import torch
+
+    gain = torch.load(checkpoint, map_location="cpu", weights_only=True).get("res2net_gain")
+    return None if gain is None else float(gain)
+
+
 def run_arm(arm: str, seed: int, data: Path, arm_dir: Path, iterations: int, extra: dict) -> dict:
     """Train one arm with one seed through the bundle, evaluate it on the test split, return its record."""
     from shared.data.kits19 import make_datalist
@@ -185,6 +194,7 @@ def run_arm(arm: str, seed: int, data: Path, arm_dir: Path, iterations: int, ext
         "kidney_dice": table.summary["kidney_dice"],
         "tumour_dice": table.summary["tumour_dice"],
         "validation": validation,
+        "res2net_gain_trained": trained_gain(arm_dir / "models" / "model.pt"),  # the model evaluate.json loads
         "eval_dir": str(eval_dir),
         "data": str(data),
     }

@@ -77,8 +77,24 @@ def test_smoke_run_writes_the_table(tmp_path):
     assert all([i for i, _ in r["validation"]["val_kits19_dice"]] == [2, 4, 6, 8] for r in runs.values())
     assert runs["v2_ds"]["training_watch"]["epochs"][-1]["ratio"] > 0 and "training_watch" not in runs["unet"]
     assert runs["v2_ds"]["res2net_gain"] is None  # the paper's plain sum unless --args_file sets a gain
+    assert runs["v2_ds"]["res2net_gain_trained"] is None
     assert report["votes"] and report["votes"][0]["members"] == ablation.SMOKE["arms"]
     assert "2-model vote" in (tmp_path / "ablation.md").read_text()
+
+
+def test_trained_gain_is_read_from_the_saved_model(tmp_path):
+    import torch
+
+    from shared.networks.msan import MSAN
+
+    sizes = {"channels": (4, 8, 16), "strides": ((2, 2, 1), (2, 2, 2))}
+    network = MSAN(variant="v2", res2net_gain=0, **sizes)
+    with torch.no_grad():
+        network.res2net_gain.fill_(0.25)  # as training would move it
+    torch.save(network.state_dict(), tmp_path / "model.pt")
+    torch.save(MSAN(variant="v2", **sizes).state_dict(), tmp_path / "plain.pt")
+    assert ablation.trained_gain(tmp_path / "model.pt") == 0.25
+    assert ablation.trained_gain(tmp_path / "plain.pt") is None
 
 
 def test_demo_sizes_are_the_main_jobs():
