@@ -112,3 +112,33 @@ def test_smoke_run_writes_the_table_with_all_arms(tmp_path):
     assert all(0 <= s <= 1 for r in runs.values() for s in r["sensitivity"]) and runs["both"]["lookalikes"] > 0
     markdown = (tmp_path / "ablation.md").read_text()
     assert all(f"| {model} |" in markdown for model, _ in ablation.ARMS.values())
+
+
+def test_plain_phantoms_are_scored_without_a_lookalike_column(tmp_path):
+    """The demo's phantoms have no look-alikes across slices: none are counted, and the table shows none."""
+    data = make_phantoms(tmp_path / "data", num_cases=6, seed=4, image_size=64)
+    assert not (data / LOOKALIKES_NAME).exists()
+    truth = key_slices(read_annotations(data), "test")
+    key = truth[0]
+    write_detections(
+        tmp_path / "eval" / "detections.json",
+        [{"series": key.series, "slice": key.slice, "box": key.boxes[0], "score": 0.9}],
+    )
+    scored = ablation.score(tmp_path / "eval", data)
+    assert scored["lookalikes"] == 0 and scored["lookalikes_hit_at_4fp"] is None
+    assert scored["sensitivity"][3] == pytest.approx(1 / scored["lesions"])
+    record = {
+        "arm": "spatial",
+        "seed": 0,
+        "parameters": 120,
+        "blocks": ["spatial"],
+        **scored,
+        "train_s": 10.0,
+        "train_cpu_s": 18.0,
+        "peak_rss_mib": 500.0,
+    }
+    settings = {"epochs": 8, "seeds": [0], "parallel": 2, "threads": 1, "overrides": {"num_images": 5}}
+    settings["phantoms"] = "plain"
+    rows, markdown = ablation.summarize([record], settings)
+    assert rows[0]["lookalikes_hit_at_4fp_mean"] is None
+    assert markdown.startswith("Held-out plain phantoms:") and "| - | 10 (18) | 500 |" in markdown

@@ -41,7 +41,7 @@ def _attention_objects(root: Path, entries: list[dict], loader: LoadDeepLesionSa
     return objects
 
 
-def _box_cells(box: list[float], cells_hw: tuple[int, int]) -> tuple[slice, slice]:
+def box_cells(box: list[float], cells_hw: tuple[int, int]) -> tuple[slice, slice]:
     """Rows and columns of the feature cells that a pixel box (x1, y1, x2, y2) overlaps, at least one of each."""
 
     def span(low: float, high: float, size: int) -> slice:
@@ -69,7 +69,7 @@ def _attention_pictures(model, objects: dict[str, tuple], out_dir: Path) -> dict
         height, width = sample["image"].shape[1:]
         cells = (math.ceil(height / STRIDE), math.ceil(width / STRIDE))  # the image's cells, without the padding
         means = {k: v[0, :, :, : cells[0], : cells[1]].mean(dim=1).cpu().numpy() for k, v in maps.items()}
-        rows, cols = _box_cells(box, cells)
+        rows, cols = box_cells(box, cells)
         key = next(iter(maps.values())).shape[1] // 2  # M // 2: the key slice is the middle image's middle channel
         record = {"file": sample["file_name"], "box": box}
         record |= dict.fromkeys(("contextual_per_image", "spatial_mean_in_box", "spatial_mean_outside_box"))
