@@ -4,6 +4,7 @@ network with untrained weights, read on the test key slices in the boxes of the 
 false boxes the trained detector keeps at its 4 FPs per image operating point.
 
     PYTHONPATH=. .venv/bin/python benchmarks/csatt_spatial_channels.py --run outputs/csatt_ablation [--out out.json]
+        [--pictures DIR]
 
 Per box and channel: the mean of S'' over the feature cells the box covers over its mean outside them (the ratio; 1
 is no preference), and whether the channel's largest value lies in the box (its peak). Reported per arm, weights and
@@ -11,7 +12,9 @@ kind of box, mean +- sd over seeds: the median ratio over channels (averaged ove
 ratio is above 1, the share whose peak is in the box against the box's share of the cells (what a peak drawn at
 random would give), and the ratio of the channel mean (what the attention pictures show, ``reports/deeplesion.py``).
 A spatial attention that raises true boxes above clutter would give lesion boxes ratios above 1 and more peaks than
-chance, and false boxes less.
+chance, and false boxes less. ``--pictures DIR``: for the first seed of each arm, the attention picture (the channel
+mean of S'' over the key slice, ``shared.visualize.save_object_attention_png``) of the trained network on the first
+test key slice that holds both a lesion and a false box: ``<arm>_true_box.png``, ``<arm>_false_box.png``.
 """
 
 import argparse
@@ -73,9 +76,10 @@ def mean_over(records: list[dict]) -> dict:
     return {"boxes": len(records), **{k: statistics.mean(r[k] for r in records) if records else None for k in MEASURES}}
 
 
-def measure_network(network, loader, entries, threshold: float | None) -> dict:
+def measure_network(network, loader, entries, threshold: float | None, pictures: Path | None = None) -> dict:
     """:func:`channel_preference` of every lesion box (``lesion``) and, given the 4-FP ``threshold``, every false box
-    the network keeps (``false``) on the key slices ``entries``, averaged (:func:`mean_over`)."""
+    the network keeps (``false``) on the key slices ``entries``, averaged (:func:`mean_over`). ``pictures``: a path
+    prefix; the first key slice with a lesion and a false box is drawn for each (``<prefix>_true_box.png``, ...)."""
     import torch
 
     from shared.engines.reports.deeplesion import STRIDE
@@ -98,7 +102,26 @@ def measure_network(network, loader, entries, threshold: float | None) -> dict:
                     inside = box_mask(box, cells)
                     if (~inside).any():
                         found[kind].append(channel_preference(key, inside))
+            if pictures is not None and all(boxes.get(kind) for kind in ("lesion", "false")):
+                draw(sample, key, boxes, pictures)
+                pictures = None
     return {kind: mean_over(records) for kind, records in found.items() if threshold is not None or kind == "lesion"}
+
+
+def draw(sample: dict, spatial: np.ndarray, boxes: dict, prefix: Path) -> None:
+    """The channel mean of ``spatial`` (D, h, w) over the key slice of ``sample`` with the first lesion box and the
+    first false box: ``<prefix>_true_box.png`` and ``<prefix>_false_box.png``."""
+    from shared.engines.reports.deeplesion import STRIDE
+    from shared.visualize import save_object_attention_png
+
+    image = sample["image"]
+    images = image.shape[0] // 3  # M three-slice images
+    key_slice = image[3 * (images // 2) + 1].numpy()  # the middle image's middle channel
+    for kind, name in (("lesion", "true"), ("false", "false")):
+        title = f"{name} box: {sample['file_name']}"
+        path = Path(f"{prefix}_{name}_box.png")
+        save_object_attention_png(None, spatial.mean(axis=0), key_slice, path, title, STRIDE, boxes[kind][0])
+        print(f"wrote {path}", flush=True)
 
 
 def operating_threshold(eval_dir: Path, data: Path) -> float:
@@ -127,8 +150,9 @@ def arm_network(run_settings: dict, record: dict, data: Path, arm_dir: Path):
     return parser.get_parsed_content("network_def"), parser.get_parsed_content("loader")
 
 
-def run_channels(run: Path) -> dict:
-    """Every spatial-attention arm and seed of the run at ``run``: trained and untrained measurements."""
+def run_channels(run: Path, pictures: Path | None = None) -> dict:
+    """Every spatial-attention arm and seed of the run at ``run``: trained and untrained measurements; ``pictures``: a
+    folder for the pictures of the first seed of each arm (:func:`draw`)."""
     from shared.data.deeplesion import make_datalist
     from shared.networks.pretrained import read_state_dict
     from shared.transforms.deeplesion import prepare_entries
@@ -146,7 +170,11 @@ def run_channels(run: Path) -> dict:
         threshold = operating_threshold(Path(record["eval_dir"]), data)
         untrained = measure_network(network, loader, entries, None)
         network.load_state_dict(read_state_dict(arm_dir / "models" / "model.pt"))
-        trained = measure_network(network, loader, entries, threshold)
+        first = pictures is not None and record["seed"] == min(
+            r["seed"] for r in report["runs"] if r["arm"] == record["arm"]
+        )
+        prefix = pictures / record["arm"] if first else None
+        trained = measure_network(network, loader, entries, threshold, prefix)
         row = {"arm": record["arm"], "seed": record["seed"], "threshold_at_4fp": threshold}
         out["runs"].append({**row, "untrained": untrained, "trained": trained})
         print(json.dumps(out["runs"][-1]), flush=True)
@@ -186,8 +214,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="the --out folder of benchmarks/csatt_ablation.py")
     parser.add_argument("--out", type=Path, help="write the measurements as JSON here")
+    parser.add_argument("--pictures", type=Path, help="folder for the true- and false-box attention pictures")
     args = parser.parse_args()
-    result = run_channels(args.run.resolve())
+    if args.pictures:
+        args.pictures.mkdir(parents=True, exist_ok=True)
+    result = run_channels(args.run.resolve(), args.pictures)
     if args.out:
         args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(markdown(result["table"]))
