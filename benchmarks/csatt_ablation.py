@@ -6,8 +6,9 @@ the held-out test split.
         [--arms 3dce contextual spatial both] [--seeds 0 1 2] [--epochs 12] [--cases 400] [--image_size 128]
         [--num_images 5] [--phantoms context|plain] [--jobs 2] [--args_file more_overrides.json] [--smoke]
 
-The data (``--phantoms context``, the default) are ``python -m shared phantoms deeplesion --context true`` series: look-alikes that a single 3-slice image
-cannot tell from lesions but the M images around the key slice can (``shared.phantoms.deeplesion``). Every arm runs
+The data (``--phantoms context``, the default) are ``python -m shared phantoms deeplesion --context true`` series:
+look-alikes that a single 3-slice image cannot tell from lesions but the M images around the key slice can
+(``shared.phantoms.deeplesion``). Every arm runs
 the real bundle (``monai.bundle``'s ``create_workflow``, what ``python -m monai.bundle run`` calls) on
 ``bundles/cs_att_deeplesion/configs/train.json``, then ``evaluate.json`` on the test split, in a process of its own.
 Arms differ only in the knobs ``contextual_attention`` and ``spatial_attention``, given as the lower-case strings the
@@ -20,7 +21,8 @@ are counted (a detection with IoU >= 0.5 on a look-alike's key-slice box): what 
 look-alikes across slices): 1-3 lesions on each of one or two key slices among in-slice clutter of lesion-like HU and
 size (renal and abdominal cysts, bowel loops with gas, liver vessels, and lesions flagged ``Possibly_noisy``, which
 are drawn but count as background), where spatial attention has its job: raising true boxes above the clutter on
-the key slice.
+the key slice. Each record holds the learning rate and parameter count of every optimizer group the trainer used
+(``training_watch``: ``attention_lr_mult`` gives the attention layers a group of their own).
 
 Demo sizes (``DEMO_OVERRIDES``; the paper's stay the config defaults): those of ``scripts/cs_att_deeplesion_job.sh``
 (ResNet-18 without pretraining, HU window [-200, 300], anchors 8-48 px, lr 0.02, gradient norm clipped at 10, 2000/500
@@ -38,6 +40,7 @@ The processes, timings and report files are those of every ablation here (``benc
 """
 
 import argparse
+import contextlib
 import functools
 import json
 import sys
@@ -126,6 +129,19 @@ def arm_overrides(arm: str, seed: int, data: Path, arm_dir: Path, epochs: int, e
     }
 
 
+@contextlib.contextmanager
+def optimizer_groups(phase: str, network, engine):
+    """Records, for training, the learning rate of each of the trainer's optimizer groups and the parameters it holds
+    (``attention_lr_mult`` puts the attention layers in a group of their own): what the arm trained with."""
+    watched = {}
+    if phase == "training":
+        groups = engine.optimizer.param_groups
+        watched["optimizer_groups"] = [
+            {"lr": g["lr"], "parameters": sum(p.numel() for p in g["params"])} for g in groups
+        ]
+    yield watched
+
+
 def score(eval_dir: Path, data: Path, split: str = "test") -> dict:
     """Sensitivities (3DCE convention) of the bundle's ``detections.json`` on the key slices of ``split``, and the
     look-alikes on those key slices hit (IoU >= 0.5) by a detection kept at the 4 FPs per image operating point."""
@@ -162,7 +178,8 @@ def run_arm(arm: str, seed: int, data: Path, arm_dir: Path, epochs: int, extra: 
     eval_dir = arm_dir / "eval"
     evaluation = {"output_dir": str(eval_dir), "split": "test", "num_pictures": 0}
     check = functools.partial(check_arm, arm)
-    evaluated, costs = ablation.train_and_evaluate(CONFIGS, overrides, evaluation, check, f"arm {arm} seed {seed}")
+    name = f"arm {arm} seed {seed}"
+    evaluated, costs = ablation.train_and_evaluate(CONFIGS, overrides, evaluation, check, name, optimizer_groups)
     return {
         "arm": arm,
         "seed": seed,

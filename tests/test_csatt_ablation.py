@@ -110,6 +110,7 @@ def test_smoke_run_writes_the_table_with_all_arms(tmp_path):
     params = {arm: r["parameters"] for arm, r in runs.items()}
     assert params["3dce"] < params["contextual"] == params["spatial"] < params["both"]
     assert all(0 <= s <= 1 for r in runs.values() for s in r["sensitivity"]) and runs["both"]["lookalikes"] > 0
+    assert all(len(r["training_watch"]["optimizer_groups"]) == 1 for r in runs.values())  # attention_lr_mult 1
     markdown = (tmp_path / "ablation.md").read_text()
     assert all(f"| {model} |" in markdown for model, _ in ablation.ARMS.values())
 
@@ -142,3 +143,25 @@ def test_plain_phantoms_are_scored_without_a_lookalike_column(tmp_path):
     rows, markdown = ablation.summarize([record], settings)
     assert rows[0]["lookalikes_hit_at_4fp_mean"] is None
     assert markdown.startswith("Held-out plain phantoms:") and "| - | 10 (18) | 500 |" in markdown
+
+
+def test_each_record_says_what_rate_the_attention_layers_trained_at():
+    from types import SimpleNamespace
+
+    import torch
+
+    from shared.engines.param_groups import scaled_lr_groups
+
+    network = ThreeDCE(3, "tiny", contextual=False, spatial=True)
+    optimizer = torch.optim.SGD(scaled_lr_groups(network, 0.02, {"backbone.attention": 3}), lr=0.02)
+    with ablation.optimizer_groups("training", network, SimpleNamespace(optimizer=optimizer)) as watched:
+        pass
+    attention = sum(p.numel() for p in network.backbone.attention.parameters())
+    total = sum(p.numel() for p in network.parameters())
+    assert watched["optimizer_groups"] == [
+        {"lr": 0.02, "parameters": total - attention},
+        {"lr": pytest.approx(0.06), "parameters": attention},
+    ]
+    with ablation.optimizer_groups("evaluation", network, None) as watched:
+        pass
+    assert watched == {}
