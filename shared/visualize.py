@@ -404,10 +404,11 @@ def save_training_curves_png(
 def _mean_sd_items(row: Mapping, fp_rates: Sequence[float] | None) -> dict[str, tuple[float, float]]:
     """``{metric: (mean, sd)}`` of one ablation table row: ``<metric>_mean`` / ``<metric>_sd`` numbers, lists of them
     (one metric per entry: ``<metric>@<fp rate>`` when the settings give the rates, else ``<metric>[i]``) and
-    ``"mean +- sd"`` texts (msan_ablation's kidney / tumour columns)."""
+    ``"mean +- sd"`` texts (msan_ablation's kidney / tumour columns). A metric the run did not measure (mean None,
+    e.g. look-alikes on phantoms without them) is left out."""
     items = {}
     for key, value in row.items():
-        if key.endswith("_mean") and f"{key[:-5]}_sd" in row:
+        if key.endswith("_mean") and f"{key[:-5]}_sd" in row and value is not None:
             name, sd = key[:-5], row[f"{key[:-5]}_sd"]
             if isinstance(value, list):
                 labels = [f"@{r:g}" for r in fp_rates] if fp_rates and len(fp_rates) == len(value) else None

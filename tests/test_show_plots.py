@@ -123,6 +123,17 @@ def test_ablation_reads_means_and_sds_of_every_row_shape(tmp_path):
     assert list(chosen) == ["kidney", "dice"]
 
 
+def test_ablation_leaves_out_a_metric_the_run_did_not_measure(tmp_path):
+    """csatt_ablation on plain phantoms has no look-alikes: their mean and sd are None."""
+    path = tmp_path / "plain.json"
+    rows = [{"model": "3DCE", "sens_mean": [0.1], "sens_sd": [0.01], "lookalikes_mean": None, "lookalikes_sd": None}]
+    path.write_text(json.dumps({"settings": {"fp_rates": [0.5]}, "table": rows}))
+    arms, values = visualize.read_ablation(path)
+    assert arms == ["3DCE"] and values == {"sens@0.5": ([0.1], [0.01])}
+    with pytest.raises(InputError, match="table row 0 has no lookalikes; its metrics: sens@0.5"):
+        visualize.read_ablation(path, ["lookalikes"])
+
+
 def test_ablation_refuses_another_json_and_an_unknown_metric_naming_the_file(tmp_path):
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"rows": []}))
