@@ -142,16 +142,25 @@ def optimizer_groups(phase: str, network, engine):
     yield watched
 
 
-def score(eval_dir: Path, data: Path, split: str = "test") -> dict:
-    """Sensitivities (3DCE convention) of the bundle's ``detections.json`` on the key slices of ``split``, and the
-    look-alikes on those key slices hit (IoU >= 0.5) by a detection kept at the 4 FPs per image operating point."""
+def scored_detections(eval_dir: Path, data: Path, split: str = "test") -> tuple[list, list[dict], object]:
+    """The key slices of ``split`` (ground truth), the bundle's ``detections.json`` in ``eval_dir`` and their
+    scoring in 3DCE's convention (``shared.metrics.deeplesion.score_detections``'s result)."""
     from shared.data.deeplesion import read_annotations
-    from shared.metrics.deeplesion import box_overlaps, key_slices, read_detections, score_detections
-    from shared.phantoms.deeplesion import LOOKALIKES_NAME
+    from shared.metrics.deeplesion import key_slices, read_detections, score_detections
 
     truth = key_slices(read_annotations(data), split)
     detections = read_detections(eval_dir / "detections.json")
     _, result = score_detections(detections, truth, convention="3dce")
+    return truth, detections, result
+
+
+def score(eval_dir: Path, data: Path, split: str = "test") -> dict:
+    """Sensitivities (3DCE convention) of the bundle's ``detections.json`` on the key slices of ``split``, and the
+    look-alikes on those key slices hit (IoU >= 0.5) by a detection kept at the 4 FPs per image operating point."""
+    from shared.metrics.deeplesion import box_overlaps
+    from shared.phantoms.deeplesion import LOOKALIKES_NAME
+
+    truth, detections, result = scored_detections(eval_dir, data, split)
     threshold = result.threshold_at(4.0)
     marked = data / LOOKALIKES_NAME  # context phantoms only
     lookalikes = json.loads(marked.read_text()) if marked.is_file() else {}

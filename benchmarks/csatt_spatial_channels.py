@@ -124,16 +124,6 @@ def draw(sample: dict, spatial: np.ndarray, boxes: dict, prefix: Path) -> None:
         print(f"wrote {path}", flush=True)
 
 
-def operating_threshold(eval_dir: Path, data: Path) -> float:
-    """The score threshold of the 4 FPs per image operating point of the arm's test detections (3DCE convention)."""
-    from shared.data.deeplesion import read_annotations
-    from shared.metrics.deeplesion import key_slices, read_detections, score_detections
-
-    truth = key_slices(read_annotations(data), "test")
-    _, result = score_detections(read_detections(eval_dir / "detections.json"), truth, convention="3dce")
-    return result.threshold_at(4.0)
-
-
 def arm_network(run_settings: dict, record: dict, data: Path, arm_dir: Path):
     """The arm's network (untrained, drawn with its seed) and loader, built from the bundle's configs with the run's
     overrides, as the ablation built them."""
@@ -161,19 +151,18 @@ def run_channels(run: Path, pictures: Path | None = None) -> dict:
     settings = report["settings"]
     data = run / f"deeplesion_{settings.get('phantoms', 'context')}"
     out = {"run": str(run), "settings": {k: settings.get(k) for k in ("command", "commit", "phantoms")}, "runs": []}
+    drawn = set()  # arms already pictured: the records come by arm, then seed
     for record in report["runs"]:
         if "spatial" not in record["blocks"]:
             continue
         arm_dir = run / f"{record['arm']}_seed{record['seed']}"
         network, loader = arm_network(settings, record, data, arm_dir)
         entries = prepare_entries(make_datalist(data)["test"], loader)
-        threshold = operating_threshold(Path(record["eval_dir"]), data)
+        threshold = csatt_ablation.scored_detections(Path(record["eval_dir"]), data)[2].threshold_at(4.0)  # 4 FPs
         untrained = measure_network(network, loader, entries, None)
         network.load_state_dict(read_state_dict(arm_dir / "models" / "model.pt"))
-        first = pictures is not None and record["seed"] == min(
-            r["seed"] for r in report["runs"] if r["arm"] == record["arm"]
-        )
-        prefix = pictures / record["arm"] if first else None
+        prefix = pictures / record["arm"] if pictures is not None and record["arm"] not in drawn else None
+        drawn.add(record["arm"])
         trained = measure_network(network, loader, entries, threshold, prefix)
         row = {"arm": record["arm"], "seed": record["seed"], "threshold_at_4fp": threshold}
         out["runs"].append({**row, "untrained": untrained, "trained": trained})
