@@ -6,11 +6,14 @@ lesion false positives per volume and look-alikes hit on the held-out volumes.
     PYTHONPATH=. .venv/bin/python benchmarks/va_ablation.py [--out outputs/va_ablation]
         [--arms full baseline] [--seeds 0 1 2] [--epochs 5] [--samples 200] [--cases 32] [--shape 128 128 64]
         [--pretrain_epochs 18] [--pretrained_parts backbone rpn roi_heads] [--form fixed|fixed_parallel|paper]
-        [--context_bag 9] [--max_lookalikes 1] [--jobs 2] [--args_file more_overrides.json] [--smoke]
+        [--context_bag 9] [--max_lookalikes 1] [--fov body|liver] [--jobs 2] [--args_file more_overrides.json]
+        [--smoke]
 
 The data are ``python -m shared phantoms lits --context true --context_bag 9 --max_lookalikes 1`` volumes: one liver
 look-alike per volume that the target 2.5D image cannot tell from the lesions beside it but the images of a bag of 9
-around it can, every lesion ending within what the bag reads (``shared.phantoms.lits``). Every arm runs the real
+around it can, every lesion ending within what the bag reads (``shared.phantoms.lits``). ``--fov liver`` makes
+them, and the pre-training's, with slices that span the liver's box instead of the body (``--fov``: pixels 1.6x
+finer, lesions as many more pixels across, as a liver region crop gives). Every arm runs the real
 bundle (``monai.bundle``'s ``create_workflow``, what ``python -m monai.bundle run`` calls) on
 ``bundles/va_maskrcnn_lits/configs/train.json``, then ``evaluate.json`` on the held-out quarter of the VA paper's
 75/25 split (the datalist's "validation"; one split for every seed), in a process of its own
@@ -399,7 +402,7 @@ def summarize(records: list[dict], settings: dict) -> tuple[list[dict], str]:
 
 def make_data(out: Path, cases: int, shape: list[int], context_options: dict) -> Path:
     """Context phantom LiTS root for the run, through the command line (written once, reused when present);
-    ``context_options``: ``context_bag`` and ``max_lookalikes`` (None: left out, the phantoms' defaults)."""
+    ``context_options``: ``context_bag``, ``max_lookalikes`` and ``fov`` (None: left out, the phantoms' defaults)."""
     options = ["--shape", json.dumps(shape), "--num_test", "0"]
     options += [
         item for key, value in context_options.items() if value is not None for item in (f"--{key}", str(value))
@@ -442,10 +445,11 @@ def held_out_evaluation(arm_dir: Path, epochs: int, output_dir: Path | str) -> d
     return {"output_dir": str(output_dir), "split": "validation", "ckpt_path": str(last_checkpoint(arm_dir, epochs))}
 
 
-def pretrain(out: Path, cases: int, shape: list[int], extra: dict, epochs: int) -> Path:
+def pretrain(out: Path, cases: int, shape: list[int], extra: dict, epochs: int, fov: str = "body") -> Path:
     """The detector every arm starts from, as the paper's models start from detectors pre-trained on other data
     (sec. 3.2, Table 2b): the 2.5D Mask R-CNN without VA trained, seed 0, on plain phantom LiTS volumes (no
-    look-alikes; drawn with another seed than the context ones), in this process with all its threads. Each arm copies
+    look-alikes; drawn with another seed than the context ones, with their field of view ``fov``), in this process
+    with all its threads. Each arm copies
     its ``--pretrained_parts`` (the bundle's ``pretrained``, batch norm frozen, first ResNet stage fixed); the VA
     blocks, and any part not copied, start from random weights. Written once, reused when present with the same
     settings (:func:`benchmarks.ablation.written_once`); returns the checkpoint."""
@@ -453,8 +457,10 @@ def pretrain(out: Path, cases: int, shape: list[int], extra: dict, epochs: int) 
     checkpoint = last_checkpoint(run_dir, epochs)
     overrides = arm_overrides("baseline", 0, out / "lits_plain", run_dir, epochs, extra)  # cache: out / "cache"
     settings = {k: v for k, v in overrides.items() if k not in ("dataset_dir", "cache_dir", "ckpt_dir", "output_dir")}
-    if not ablation.written_once(run_dir, {**settings, "cases": cases, "shape": shape}) or not checkpoint.is_file():
-        options = ("--shape", json.dumps(shape), "--num_test", "0")
+    if not ablation.written_once(run_dir, {**settings, "cases": cases, "shape": shape, "fov": fov}) or not (
+        checkpoint.is_file()
+    ):
+        options = ("--shape", json.dumps(shape), "--num_test", "0", "--fov", fov)
         marker = f"segmentation-{cases - 1}.nii"  # the last file written
         ablation.phantoms(
             out / "lits_plain", "lits", cases, marker, *options, seed=PRETRAIN_PHANTOM_SEED, context=False
@@ -475,6 +481,9 @@ def main() -> None:
         "--context_bag", type=int, default=9, help="phantoms made for this bag (0: the default phantoms)"
     )
     parser.add_argument("--max_lookalikes", type=int, default=1, help="look-alikes per volume at most (0: no limit)")
+    parser.add_argument(
+        "--fov", choices=["body", "liver"], default="body", help="what the phantoms' slices span (liver: 1.6x finer)"
+    )
     parser.add_argument(
         "--form", choices=list(FORMS), default="fixed", help="block form of the VA arms (full_paper's is the paper's)"
     )
@@ -499,11 +508,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     context_options = {"context_bag": args.context_bag or None, "max_lookalikes": args.max_lookalikes or None}
+    context_options["fov"] = args.fov
     data = make_data(out, args.cases, args.shape, context_options)
     ceiling = context_blind_ceiling(data, args.shape, context_options)
     print(f"context-blind ceiling of the held-out lesion Dice per case: {ceiling['mean']:.3f}", flush=True)
     no_form = {key: value for key, value in extra.items() if key not in FORM_KNOBS}  # the baseline has no VA blocks
-    pretrained = pretrain(out, args.cases, args.shape, no_form, args.pretrain_epochs)
+    pretrained = pretrain(out, args.cases, args.shape, no_form, args.pretrain_epochs, args.fov)
     extra = {**extra, "pretrained": "true", "pretrained_path": str(pretrained), "frozen_batchnorm": "true"}
     extra["pretrained_parts"] = args.pretrained_parts
     parallel = max(1, args.jobs)

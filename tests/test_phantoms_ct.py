@@ -26,10 +26,13 @@ def test_ellipsoid_level_is_normalised_radius_in_its_rotated_frame():
 
 
 def test_grid_affine_centres_the_field_of_view():
-    x, y, z, affine = phantom_ct.ras_grid((3, 4, 5), (1.0, 2.0, 3.0), z_center_mm=10.0)
+    x, y, z, affine = phantom_ct.ras_grid((3, 4, 5), (1.0, 2.0, 3.0), center_mm=10.0)
     assert (x.ravel().tolist(), y.ravel().tolist()) == ([-1, 0, 1], [-3, -1, 1, 3])
     assert z.ravel().tolist() == [4, 7, 10, 13, 16]
     np.testing.assert_allclose(affine @ [2, 3, 4, 1], [1, 3, 16, 1])
+    x, y, z, affine = phantom_ct.ras_grid((3, 4, 5), (1.0, 2.0, 3.0), center_mm=(5.0, -2.0, 10.0))
+    assert (x.ravel().tolist(), y.ravel().tolist()) == ([4, 5, 6], [-5, -3, -1, 1])
+    assert z.ravel().tolist() == [4, 7, 10, 13, 16]
 
 
 def test_hu_of_each_structure(case):

@@ -266,10 +266,11 @@ def place_lesion(
     return None
 
 
-def ras_grid(shape: Sequence[int], spacing: Sequence[float], z_center_mm: float = 0.0):
-    """World coordinates (broadcastable x, y, z arrays) and RAS affine of a grid centred at (0, 0, z_center_mm)."""
-    origin = [-(n - 1) / 2 * s for n, s in zip(shape, spacing)]
-    origin[2] += z_center_mm
+def ras_grid(shape: Sequence[int], spacing: Sequence[float], center_mm: float | Sequence[float] = 0.0):
+    """World coordinates (broadcastable x, y, z arrays) and RAS affine of a grid centred at ``center_mm``: a z (the
+    grid centred at (0, 0, z)) or an (x, y, z) point."""
+    center = (0.0, 0.0, center_mm) if np.isscalar(center_mm) else center_mm
+    origin = [c - (n - 1) / 2 * s for c, n, s in zip(center, shape, spacing)]
     axes = [np.float32(o + s * np.arange(n, dtype=np.float32)) for o, s, n in zip(origin, spacing, shape)]
     affine = np.diag([*map(float, spacing), 1.0])
     affine[:3, 3] = origin
@@ -280,11 +281,12 @@ def make_abdomen(
     rng: np.random.Generator,
     shape: Sequence[int],
     spacing: Sequence[float],
-    z_center_mm: float = 0.0,
+    center_mm: float | Sequence[float] = 0.0,
     lesions: Sequence[LesionRequest | Lesion] = (),
     anatomy: Anatomy | None = None,
 ) -> Phantom:
-    """Render one abdominal CT case on an (nx, ny, nz) RAS grid of ``spacing`` mm centred at z = ``z_center_mm``.
+    """Render one abdominal CT case on an (nx, ny, nz) RAS grid of ``spacing`` mm centred at ``center_mm``
+    (a z, or an (x, y, z) point: :func:`ras_grid`).
 
     ``lesions`` requests are placed in order (:func:`place_lesion`); a request that does not fit (organ absent at the
     requested z, no room) is dropped, so ``Phantom.lesion_list`` holds the lesions actually placed. Already placed
@@ -292,7 +294,7 @@ def make_abdomen(
     :func:`sample_anatomy`) to render several fields of view of one patient.
     """
     anatomy = anatomy or sample_anatomy(rng)
-    x, y, z, affine = ras_grid(shape, spacing, z_center_mm)
+    x, y, z, affine = ras_grid(shape, spacing, center_mm)
     full = np.broadcast_shapes(x.shape, y.shape, z.shape)
     hu = np.full(full, anatomy.hu["air"], np.float32)
     organs = np.zeros(full, np.uint8)

@@ -19,6 +19,7 @@ THICKNESSES_MM = (0.7, 5.0, 1.0, 2.5, 0.8, 3.0, 1.25, 2.0)  # spread over LiTS's
 DEMO_NUM_CASES = 8
 DEMO_SHAPE = (96, 96, 96)
 SIZE_CLASSES_MM = ((6, 15), (15, 30), (30, 60))  # VA Table 2: small, medium, large
+FIELDS_OF_VIEW = ("body", "liver")  # what a slice spans: the body's width, or the liver's box
 
 
 def _diameter(rng: np.random.Generator) -> float:
@@ -61,18 +62,19 @@ def _context_objects(
     anatomy: ct.Anatomy,
     shape,
     spacing,
-    z_center: float,
+    center,
     context_bag: int | None = None,
     max_lookalikes: int | None = None,
 ) -> tuple[list[ct.Lesion], set[int]]:
     """2-5 liver objects of VA Table 2's sizes on one axial level, then some of them turned into look-alikes
     (:func:`shared.phantoms.context.make_lookalikes` with :func:`context_band_mm`; ``context_bag``: lesions end, and
     look-alikes run on, within :func:`bag_reach_mm` of a bag of that size; ``max_lookalikes``: at most that many);
-    return the objects and the indices of the look-alikes. The level is a slice of the volume that resampling to
-    1.5 mm keeps (the first slice plus a multiple of :func:`_grid_period_mm`), near the middle of the liver and of
-    the field of view. Every object draws its texture from its own seed, so its look-alike and lesion versions
-    differ only where their shapes do."""
-    z = ct.ras_grid(shape, spacing, z_center)[2].ravel()
+    return the objects and the indices of the look-alikes (``center``: the grid's, as
+    :func:`shared.phantoms.ct.ras_grid` takes it). The level is a slice of the volume that resampling to 1.5 mm
+    keeps (the first slice plus a multiple of :func:`_grid_period_mm`), near the middle of the liver and of the field
+    of view. Every object draws its texture from its own seed, so its look-alike and lesion versions differ only
+    where their shapes do."""
+    z = ct.ras_grid(shape, spacing, center)[2].ravel()
     step = round(_grid_period_mm(spacing[2]) / spacing[2])  # volume slices between two kept slices
     liver = anatomy.liver[0]
     target = np.clip(liver.center[2] + rng.uniform(-0.4, 0.4) * liver.radii[2], z[len(z) // 4], z[3 * len(z) // 4])
@@ -92,25 +94,50 @@ def _context_objects(
     return make_lookalikes(rng, placed, band, reach, max_lookalikes)
 
 
-def _draw_case(rng, shape, thickness: float, with_context: bool, **context_options):
-    """Draw a volume's anatomy, grid ((rows, cols, slices), spacing, z centre) and lesions (requests, or context
-    objects, :func:`_context_objects` with ``context_options``) and the indices of its look-alikes."""
+def liver_box_mm(anatomy: ct.Anatomy) -> tuple[float, float, float, float]:
+    """In-plane box (x0, x1, y0, y1, world mm) around the liver's ellipsoids, within the muscle wall (where the
+    liver is painted)."""
+    boxes = []
+    for shape in [*anatomy.liver, anatomy.body]:
+        (cx, cy, _), (rx, ry, _), (cos, sin) = shape.center, shape.radii, (math.cos(shape.angle), math.sin(shape.angle))
+        scale = anatomy.cavity_scale if shape is anatomy.body else 1.0
+        half_x, half_y = scale * math.hypot(rx * cos, ry * sin), scale * math.hypot(rx * sin, ry * cos)
+        boxes.append((cx - half_x, cx + half_x, cy - half_y, cy + half_y))
+    *livers, (bx0, bx1, by0, by1) = boxes
+    x0, x1 = max(min(b[0] for b in livers), bx0), min(max(b[1] for b in livers), bx1)
+    y0, y1 = max(min(b[2] for b in livers), by0), min(max(b[3] for b in livers), by1)
+    return x0, x1, y0, y1
+
+
+def _draw_case(rng, shape, thickness: float, with_context: bool, fov: str = "body", **context_options):
+    """Draw a volume's anatomy, grid ((rows, cols, slices), spacing, centre) and lesions (requests, or context
+    objects, :func:`_context_objects` with ``context_options``) and the indices of its look-alikes. ``fov``: the
+    slices span the body's width (the grid centred at (0, 0, z)) or the liver's box (:func:`liver_box_mm`, centred
+    on it), each with a margin of 5-20 %."""
     anatomy = ct.sample_anatomy(rng)
     rows, cols, slices = shape
-    pixel = 2 * anatomy.body.radii[0] * rng.uniform(1.05, 1.2) / max(rows, cols)
+    margin = rng.uniform(1.05, 1.2)
     num_slices = max(3, round(slices * RESAMPLED_THICKNESS_MM / thickness))
-    grid = ((rows, cols, num_slices), (pixel, pixel, thickness), rng.uniform(30, 60))
+    z_center = rng.uniform(30, 60)
+    if fov == "body":
+        pixel, center = 2 * anatomy.body.radii[0] * margin / max(rows, cols), z_center
+    else:
+        x0, x1, y0, y1 = liver_box_mm(anatomy)
+        pixel, center = max(x1 - x0, y1 - y0) * margin / max(rows, cols), ((x0 + x1) / 2, (y0 + y1) / 2, z_center)
+    grid = ((rows, cols, num_slices), (pixel, pixel, thickness), center)
     if with_context:
         return anatomy, grid, *_context_objects(rng, anatomy, *grid, **context_options)
     return anatomy, grid, _lesion_requests(rng), set()
 
 
-def draw_volume(key: int, seed: int, shape, context: bool, **context_options) -> tuple[ct.Phantom, set[int]]:
+def draw_volume(
+    key: int, seed: int, shape, context: bool, fov: str = "body", **context_options
+) -> tuple[ct.Phantom, set[int]]:
     """Volume ``key`` (``volume-N`` is key N, ``test-volume-N`` 100000 + N) of the phantoms drawn with ``seed``, as
     :func:`make_phantoms` writes it: the phantom and the indices of its look-alikes among ``case.lesion_list``."""
     thickness = THICKNESSES_MM[(key + seed) % len(THICKNESSES_MM)]
     rng = np.random.default_rng([seed, key])
-    anatomy, grid, lesions, chosen = _draw_case(rng, shape, thickness, context, **context_options)
+    anatomy, grid, lesions, chosen = _draw_case(rng, shape, thickness, context, fov, **context_options)
     return ct.make_abdomen(rng, *grid, lesions, anatomy), chosen
 
 
@@ -145,6 +172,7 @@ def make_phantoms(
     context: bool = False,
     context_bag: int | None = None,
     max_lookalikes: int | None = None,
+    fov: str = "body",
 ) -> Path:
     """Write ``num_cases`` labelled volumes (``volume-0.nii``, ...) and ``num_test`` unlabelled
     ``test-volume-N.nii`` in the LiTS layout (LAS, int16 HU, uint8 labels); return the root.
@@ -168,7 +196,13 @@ def make_phantoms(
     the bag sees every lesion end, and a detector that cannot tell look-alikes from lesions loses less to them.
     ``max_lookalikes`` (with ``context``): at most that many look-alikes per volume (at least one where two or more
     objects fit).
+
+    ``fov``: what a slice's rows and columns span, with a margin of 5-20 %: ``body``, the body's width (2.1-3.0 mm
+    pixels at 128 px), or ``liver``, the liver's in-plane box (:func:`liver_box_mm`; 1.3-1.9 mm, 1.6x finer on
+    average), as a liver region crop of a cascade would give: lesions are more pixels across at the same image size.
     """
+    if fov not in FIELDS_OF_VIEW:
+        raise ValueError(f"--fov {fov}: give one of {', '.join(FIELDS_OF_VIEW)}")
     if (context_bag is not None or max_lookalikes is not None) and not context:
         raise ValueError("--context_bag and --max_lookalikes shape context phantoms: give them with --context true")
     if context_bag is not None and (context_bag < 3 or context_bag % 2 == 0):
@@ -182,7 +216,7 @@ def make_phantoms(
     jobs += [(f"test-volume-{n}.nii", None, 100_000 + n) for n in range(num_test)]
     lookalikes = {}
     for image_name, label_name, key in tqdm(jobs, desc="lits phantoms", unit="volume", disable=None):
-        case, chosen = draw_volume(key, seed, shape, context, **options)
+        case, chosen = draw_volume(key, seed, shape, context, fov, **options)
         label_path = root / label_name if label_name else None
         lookalikes[image_name] = _write_case(case, chosen, root / image_name, label_path)
     if context:
