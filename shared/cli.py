@@ -23,7 +23,8 @@ def phantoms(dataset: str, out_dir: str, num_cases: int | None = None, seed: int
     --context true for look-alikes that only the slices around the key slice tell from lesions, --key_slices 3 for
     three annotated key slices per series; lits: --context true for liver look-alikes that only slices beyond the
     target 2.5D image tell from lesions, with --context_bag 9 to make them for a bag of 9 images (lesions that end,
-    and look-alikes that run on, within what that bag reads) and --max_lookalikes 1 for at most one per volume).
+    and look-alikes that run on, within what that bag reads) and --max_lookalikes 1 for at most one per volume;
+    lits: --fov liver for slices that span the liver's box instead of the body, pixels 1.6x finer).
     """
     from shared.data import dataset_module
     from shared.engines.flags import as_bool
