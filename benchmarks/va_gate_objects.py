@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import va_ablation  # noqa: E402
+from benchmarks.va_block_stats import recorded_block_stats  # noqa: E402
 from shared.phantoms import ct  # noqa: E402
 from shared.transforms.slice_bags import bag_slice_indices  # noqa: E402
 
@@ -45,25 +46,12 @@ def gate_ratios(gates: dict[str, np.ndarray], objects: list[np.ndarray], liver: 
 
 
 def spatial_gates(network, bag: torch.Tensor) -> dict[str, np.ndarray]:
-    """The spatial gate S_s (h, w) of each FPN level's VA block when the backbone reads one bag (1, 3N, H, W)."""
+    """The spatial gate S_s (h, w) of each FPN level's VA block when the backbone reads one bag (1, 3N, H, W), as
+    ``benchmarks/va_block_stats.py`` records it."""
     blocks = dict(network.backbone.attention.items())
-    gates: dict[str, np.ndarray] = {}
-    for level, block in blocks.items():
-        method = block.spatial_attention
-
-        def wrapped(*args, _method=method, _level=level, **kwargs):
-            att, gate = _method(*args, **kwargs)
-            gates[_level] = gate[0, 0].detach().numpy()
-            return att, gate
-
-        block.__dict__["spatial_attention"] = wrapped
-    try:
-        with torch.no_grad():
-            network.backbone(bag)
-    finally:
-        for block in blocks.values():
-            del block.__dict__["spatial_attention"]
-    return gates
+    with recorded_block_stats(blocks) as stats, torch.no_grad():
+        features = network.backbone(bag)
+    return {level: stats[level].spatial_gates[-1][0].reshape(features[level].shape[-2:]) for level in blocks}
 
 
 def arm_parts(settings: dict, record: dict, data: Path, arm_dir: Path):
@@ -84,8 +72,9 @@ def arm_parts(settings: dict, record: dict, data: Path, arm_dir: Path):
     return network.eval(), parser.get_parsed_content("preprocessing"), int(parser["bag_size"])
 
 
-def volume_ratios(network, preprocessing, bag_size: int, data: Path, case: str, shape, options: dict) -> dict:
-    """:func:`gate_ratios` of one held-out volume's lesions and look-alikes on its object level."""
+def object_level(preprocessing, bag_size: int, data: Path, case: str, shape, options: dict) -> dict:
+    """One held-out volume's object level: the bag the bundle cuts there (1, 3N, H, W), the kind (lesion or
+    look-alike) and in-plane mask of each object on it, and the liver's mask."""
     phantom, lookalikes = va_ablation.drawn_phantom(case, shape, options)
     level = float(phantom.lesion_list[0].shape.center[2])
     k = round((level - phantom.affine[2, 3]) / phantom.affine[2, 2])
@@ -94,12 +83,12 @@ def volume_ratios(network, preprocessing, bag_size: int, data: Path, case: str, 
     image = preprocessing({"image": str(data / f"{case}.nii")})["image"]
     target = round(float((level - image.affine[2, 3]) / image.affine[2, 2]))
     indices = bag_slice_indices(target, image.shape[-1], bag_size)
-    bag = image[0][..., indices].permute(2, 0, 1)[None].float()  # (1, 3N, X, Y), as the cache lays slices out
-    ratios = gate_ratios(
-        spatial_gates(network, bag), [ids == i + 1 for i in present], phantom.organs[:, :, k] == ct.ORGAN["liver"]
-    )
-    kinds = ["lookalike" if i in lookalikes else "lesion" for i in present]
-    return {"objects": kinds, "ratios": ratios}
+    return {
+        "bag": image[0][..., indices].permute(2, 0, 1)[None].float(),  # (1, 3N, X, Y), as the cache lays slices out
+        "objects": ["lookalike" if i in lookalikes else "lesion" for i in present],
+        "masks": [ids == i + 1 for i in present],
+        "liver": phantom.organs[:, :, k] == ct.ORGAN["liver"],
+    }
 
 
 def summarize_volume(volume: dict) -> dict[str, dict]:
@@ -115,26 +104,34 @@ def summarize_volume(volume: dict) -> dict[str, dict]:
 
 
 def run_gates(run: Path, arm: str) -> dict:
-    """Every seed of ``arm`` in the run: per volume the objects' gate ratios, per level their means."""
+    """Every seed of ``arm`` in the run: per volume the objects' gate ratios, per level their means. Each volume's
+    object level is prepared once, for the first seed, and read by every seed's network."""
     from shared.data.lits import make_datalist
 
     report = json.loads((run / "ablation.json").read_text())
     settings = report["settings"]
     data = run / "lits_context"
     cases = [e["case"] for e in make_datalist(data, seed=va_ablation.SPLIT_SEED)["validation"]]
-    seeds = []
+    seeds, levels_of = [], None
     for record in (r for r in report["runs"] if r["arm"] == arm):
         network, preprocessing, bag_size = arm_parts(settings, record, data, run / f"{arm}_seed{record['seed']}")
+        if levels_of is None:
+            shape, options = settings["phantom_shape"], settings["phantom_context"]
+            levels_of = {case: object_level(preprocessing, bag_size, data, case, shape, options) for case in cases}
         volumes = {
-            case: volume_ratios(
-                network, preprocessing, bag_size, data, case, settings["phantom_shape"], settings["phantom_context"]
-            )
-            for case in cases
+            case: {
+                "objects": v["objects"],
+                "ratios": gate_ratios(spatial_gates(network, v["bag"]), v["masks"], v["liver"]),
+            }
+            for case, v in levels_of.items()
         }
-        levels = {}
-        for level in next(iter(volumes.values()))["ratios"]:
-            per = [summarize_volume(v)[level] for v in volumes.values()]
-            levels[level] = {key: float(np.mean([p[key] for p in per if p[key] is not None])) for key in KINDS}
+        per_volume = [summarize_volume(v) for v in volumes.values()]
+        levels = {
+            level: {
+                key: float(np.mean([p[level][key] for p in per_volume if p[level][key] is not None])) for key in KINDS
+            }
+            for level in per_volume[0]
+        }
         seeds.append({"seed": record["seed"], "levels": levels, "volumes": volumes})
         print(f"seed {record['seed']}: {json.dumps(levels)}", flush=True)
     return {"run": str(run), "arm": arm, "commit": settings.get("commit"), "seeds": seeds}
