@@ -94,18 +94,20 @@ def _context_objects(
     return make_lookalikes(rng, placed, band, reach, max_lookalikes)
 
 
+def _xy_box(shape: ct.Ellipsoid, scale: float = 1.0) -> tuple[float, float, float, float]:
+    """In-plane box (x0, x1, y0, y1, world mm) of an ellipsoid rotated about z, scaled by ``scale``."""
+    (cx, cy, _), (rx, ry, _), cos, sin = shape.center, shape.radii, math.cos(shape.angle), math.sin(shape.angle)
+    half_x, half_y = scale * math.hypot(rx * cos, ry * sin), scale * math.hypot(rx * sin, ry * cos)
+    return cx - half_x, cx + half_x, cy - half_y, cy + half_y
+
+
 def liver_box_mm(anatomy: ct.Anatomy) -> tuple[float, float, float, float]:
     """In-plane box (x0, x1, y0, y1, world mm) around the liver's ellipsoids, within the muscle wall (where the
     liver is painted)."""
-    boxes = []
-    for shape in [*anatomy.liver, anatomy.body]:
-        (cx, cy, _), (rx, ry, _), (cos, sin) = shape.center, shape.radii, (math.cos(shape.angle), math.sin(shape.angle))
-        scale = anatomy.cavity_scale if shape is anatomy.body else 1.0
-        half_x, half_y = scale * math.hypot(rx * cos, ry * sin), scale * math.hypot(rx * sin, ry * cos)
-        boxes.append((cx - half_x, cx + half_x, cy - half_y, cy + half_y))
-    *livers, (bx0, bx1, by0, by1) = boxes
-    x0, x1 = max(min(b[0] for b in livers), bx0), min(max(b[1] for b in livers), bx1)
-    y0, y1 = max(min(b[2] for b in livers), by0), min(max(b[3] for b in livers), by1)
+    lobes = [_xy_box(lobe) for lobe in anatomy.liver]
+    wall = _xy_box(anatomy.body, anatomy.cavity_scale)
+    x0, x1 = max(min(b[0] for b in lobes), wall[0]), min(max(b[1] for b in lobes), wall[1])
+    y0, y1 = max(min(b[2] for b in lobes), wall[2]), min(max(b[3] for b in lobes), wall[3])
     return x0, x1, y0, y1
 
 
