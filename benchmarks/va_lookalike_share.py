@@ -24,14 +24,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import ablation  # noqa: E402
-from benchmarks.va_ablation import DEMO_OVERRIDES, SPLIT_SEED, drawn_phantom, make_data  # noqa: E402
+from benchmarks.va_ablation import CONFIGS, DEMO_OVERRIDES, SPLIT_SEED, drawn_phantom, make_data  # noqa: E402
+from shared.phantoms.lits import FIELDS_OF_VIEW  # noqa: E402
+from shared.transforms.volume_cache import oversampling_weights  # noqa: E402
 
-SLICE_MM = 1.5  # the bundle's slice_thickness: what the volume cache resamples to
+SLICE_MM = json.loads((CONFIGS / "train.json").read_text())["slice_thickness"]  # what the volume cache resamples to
 
 
 def slice_counts(phantom, lookalikes: set[int]) -> dict:
     """Per axial slice of one phantom: its lesion and look-alike pixels (liver lesions only) and its weight in
-    resampled slices (thickness / 1.5 mm)."""
+    resampled slices (thickness / the bundle's ``slice_thickness``)."""
     liver = [i for i, lesion in enumerate(phantom.lesion_list) if lesion.site == "liver"]
     lookalike = np.isin(phantom.lesions, [i + 1 for i in liver if i in lookalikes])
     lesion = np.isin(phantom.lesions, [i + 1 for i in liver if i not in lookalikes])
@@ -43,10 +45,15 @@ def slice_counts(phantom, lookalikes: set[int]) -> dict:
 
 
 def sampled_share(volumes: list[dict], oversampling: float) -> dict:
-    """Expected shares over slices drawn as the bundle's ``oversampling_weights`` sampler draws them."""
+    """Expected shares over slices drawn as the bundle's sampler draws them (its ``oversampling_weights``)."""
     lesion_px = np.concatenate([v["lesion_px"] for v in volumes])
     lookalike_px = np.concatenate([v["lookalike_px"] for v in volumes])
-    p = np.concatenate([v["weight"] for v in volumes]) * np.where(lesion_px > 0, oversampling, 1.0)
+    items = [
+        {"image": n, "slice": z, "label_slices": {2: np.flatnonzero(v["lesion_px"]).tolist()}}
+        for n, v in enumerate(volumes)
+        for z in range(len(v["lesion_px"]))
+    ]
+    p = np.concatenate([v["weight"] for v in volumes]) * oversampling_weights(items, oversampling).numpy()
     p /= p.sum()
     lesion_seen, lookalike_seen = float(p @ lesion_px), float(p @ lookalike_px)
     return {
@@ -64,7 +71,7 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=[128, 128, 64])
     parser.add_argument("--context_bag", type=int, default=DEMO_OVERRIDES["bag_size"])
     parser.add_argument("--max_lookalikes", type=int, default=1)
-    parser.add_argument("--fov", choices=["body", "liver"], default="body")
+    parser.add_argument("--fov", choices=FIELDS_OF_VIEW, default="body")
     parser.add_argument("--oversampling", type=float, default=DEMO_OVERRIDES["lesion_oversampling"])
     parser.add_argument("--samples", type=int, default=200, help="slices per epoch")
     parser.add_argument("--json", type=Path, help="write the figures here")
@@ -87,7 +94,8 @@ def main() -> None:
         )
     if args.json:
         settings = {**vars(args), "out": str(args.out), "json": None, "training_volumes": len(cases)}
-        run = {key: ablation.machine_settings(1)[key] for key in ("command", "commit")}
+        machine = ablation.machine_settings(1)
+        run = {key: machine[key] for key in ("command", "commit")}
         args.json.write_text(json.dumps({"settings": {**settings, **run}, **share}, indent=1))
 
 
