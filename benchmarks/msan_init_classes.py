@@ -5,16 +5,13 @@ initial weights and demo sizes, the share of one phantom case's voxels whose arg
     PYTHONPATH=. .venv/bin/python benchmarks/msan_init_classes.py --case outputs/msan_ablation/kits19/case_00000
         [--arms unet v1 v2 v2_ds v1_ds] [--seeds 0 1 2]
 
-The case is read as the bundle reads it (RAS, the config's HU window to [0, 1], the native grid as the demo) and run
-whole through each untrained network.
+The case is read by the bundle's own deterministic transforms (RAS, the HU window to [0, 1], the native grid as the
+demo) and run whole through each untrained ``network_def``.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -31,28 +28,27 @@ def class_shares(logits) -> dict:
 
 
 def untrained_classes(case: Path, arms: list[str], seeds: list[int]) -> list[dict]:
-    """:func:`class_shares` of every arm's untrained network at every seed on ``case``'s ``imaging.nii.gz``."""
-    import nibabel as nib
+    """:func:`class_shares` of every arm's untrained network at every seed on ``case`` (``imaging.nii.gz`` and
+    ``segmentation.nii.gz``, read by the bundle's deterministic transforms); networks from the bundle's
+    ``network_def`` with the demo sizes."""
     import torch
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
 
-    from shared.networks.msan import MSAN
-
-    low, high = json.loads((CONFIGS / "train.json").read_text())["hu_window"]
-    hu = np.asarray(nib.as_closest_canonical(nib.load(case / "imaging.nii.gz")).dataobj, np.float32)
-    image = torch.from_numpy(np.clip((hu - low) / (high - low), 0.0, 1.0))[None, None]
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update(DEMO_OVERRIDES)
+    read = Compose(parser.get_parsed_content("train#deterministic_transforms"))
+    image = read({"image": str(case / "imaging.nii.gz"), "label": str(case / "segmentation.nii.gz")})["image"]
     rows = []
     for arm in arms:
         variant, deep_supervision, _ = ARMS[arm]
         for seed in seeds:
-            network = MSAN(
-                variant=variant,
-                channels=DEMO_OVERRIDES["network_def#channels"],
-                norm=DEMO_OVERRIDES["network_def#norm"],
-                deep_supervision=deep_supervision,
-            )
+            parser.update({"network_def#variant": variant, "network_def#deep_supervision": deep_supervision})
+            network = parser.get_parsed_content("network_def", instantiate=True, lazy=False)
             paired_init(seed, network)
             with torch.no_grad():
-                logits = network.eval()(image)[0]
+                logits = network.eval()(image[None].as_tensor())[0]
             rows.append({"arm": arm, "seed": seed, **class_shares(logits)})
     return rows
 

@@ -26,6 +26,9 @@ def test_untrained_classes_pair_the_arms_at_a_seed(tmp_path):
     case.mkdir()
     hu = np.random.default_rng(0).normal(40, 200, (16, 16, 8)).astype(np.float32)
     nib.Nifti1Image(hu, np.diag([3.0, 3.0, 3.0, 1.0])).to_filename(case / "imaging.nii.gz")
+    nib.Nifti1Image(np.zeros(hu.shape, np.uint8), np.diag([3.0, 3.0, 3.0, 1.0])).to_filename(
+        case / "segmentation.nii.gz"
+    )
     rows = init_classes.untrained_classes(case, ["v1", "v1_ds"], [0, 1])
     by = {(r["arm"], r["seed"]): r for r in rows}
     # deep supervision adds heads the evaluated output does not use: paired weights give the same prediction
