@@ -13,7 +13,8 @@ the real bundle (``monai.bundle``'s ``create_workflow``, what ``python -m monai.
 ``bundles/cs_att_deeplesion/configs/train.json``, then ``evaluate.json`` on the test split, in a process of its own.
 Arms differ only in the knobs ``contextual_attention`` and ``spatial_attention``, given as the lower-case strings the
 command line gives. The network the trainer holds, and the one evaluated, are read for their CS-Att blocks and
-parameter count (:func:`attention_blocks`): an arm whose network is not what it claims stops the run. The bundle's
+parameter count, with the attention convolutions' kernel and what the RPN reads (:func:`attention_blocks`): an arm
+whose network is not what it claims stops the run. The bundle's
 evaluation writes the detections; they are scored here with its scorer in 3DCE's convention
 (``shared.metrics.deeplesion.score_detections``), and the look-alikes found at the 4 FPs per image operating point
 are counted (a detection with IoU >= 0.5 on a look-alike's key-slice box): what context should teach.
@@ -90,12 +91,19 @@ SMOKE_OVERRIDES = {"backbone": "tiny", "spacing_mm": 6.0, "max_size": 64, "netwo
 
 
 def attention_blocks(network) -> dict:
-    """The CS-Att blocks (``contextual``, ``spatial``) a network holds and its parameter count, read from the object."""
+    """The CS-Att blocks (``contextual``, ``spatial``) a network holds, their convolutions' kernel sizes, the feature
+    maps its RPN reads and its parameter count, read from the object."""
     from shared.networks.blocks.contextual_spatial_attention import ContextualSpatialAttention
 
     found = [m for m in network.modules() if isinstance(m, ContextualSpatialAttention)]
     blocks = [name for name in ("contextual", "spatial") if any(getattr(m, name) for m in found)]
-    return {"blocks": blocks, "parameters": sum(p.numel() for p in network.parameters())}
+    convs = [conv for m in found for conv in (m.phi_c, m.phi_s) if conv is not None]
+    return {
+        "blocks": blocks,
+        "attention_kernels": sorted({conv.kernel_size[0] for conv in convs}),
+        "rpn_reads": list(network.backbone.rpn_feature_names),
+        "parameters": sum(p.numel() for p in network.parameters()),
+    }
 
 
 def check_arm(arm: str, network, what: str) -> dict:

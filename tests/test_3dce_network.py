@@ -119,6 +119,25 @@ def test_detect_from_precomputed_features_equals_the_forward():
         torch.testing.assert_close(detected[0][key], direct[0][key])
 
 
+@pytest.mark.parametrize("rpn_attended", [True, False])
+def test_rpn_reads_the_attended_or_the_unattended_key_image(rpn_attended):
+    """``rpn_attended`` (default true) decides what the RPN head sees: the key image after CS-Att, or the key
+    image's backbone features before it; the RoI heads' position-sensitive maps are attended either way."""
+    model = _tiny(rpn_attended=rpn_attended).eval()
+    seen = []
+    model.rpn.head.register_forward_hook(lambda module, args, out: seen.append(args[0][0]))
+    images = [torch.rand(9, 48, 40, generator=torch.Generator().manual_seed(2))]
+    with torch.no_grad():
+        model(images)
+        image_list, _ = model.transform(images)
+        bag = model.backbone.bag_features(image_list.tensors)
+        attended = model.backbone.attend(bag)
+    unattended = bag["body"][:, 1]
+    assert not torch.allclose(attended["key"], unattended, atol=1e-3)  # CS-Att changes the key image
+    torch.testing.assert_close(seen[0], attended["key"] if rpn_attended else unattended)
+    assert ("key_unattended" in attended) is not rpn_attended
+
+
 def test_degenerate_target_boxes_are_refused():
     model = _tiny().train()
     target = {"boxes": torch.tensor([[10.0, 12.0, 10.0, 34.0]]), "labels": torch.tensor([1])}

@@ -192,14 +192,16 @@ def test_va_overlay_replaces_the_network(configs, name):
 
 # A run id added by an extra config file: the CS-Att parameters of the network built from the user's flags.
 PROBE = {
-    "probe": "$print('CS-Att:', sorted({k.split('.')[2] for k in @network_def.state_dict() if '.attention.' in k}))"
+    "probe": "$print('CS-Att:', sorted({k.split('.')[2] for k in @network_def.state_dict() if '.attention.' in k}),"
+    " '\\nRPN reads:', @network_def.backbone.rpn_feature_names)"
 }
 
 
 @pytest.mark.parametrize("name", ["train.json", "inference.json"])
 def test_attention_flags_typed_on_the_command_line(repo_root, configs, name, tmp_path):
     """`--contextual_attention false` (fire passes the string 'false') builds 3DCE without the contextual attention's
-    parameters, both flags false give plain 3DCE; a word that is not a boolean stops the run naming the knob."""
+    parameters, both flags false give plain 3DCE, `--rpn_attended false` gives the RPN the unattended key image; a
+    word that is not a boolean stops the run naming the knob."""
     probe = tmp_path / "probe.json"
     probe.write_text(json.dumps(PROBE))
     files = f"['{configs / name}','{probe}']"
@@ -218,6 +220,7 @@ def test_attention_flags_typed_on_the_command_line(repo_root, configs, name, tmp
     assert "phi_c" in parts(contextual_attention="true")
     assert "phi_c" not in parts(contextual_attention="false")
     assert parts(contextual_attention="false", spatial_attention="false") == "[]"
+    assert "RPN reads: ('key_unattended',)" in run_probe(rpn_attended="false").stdout
     done = run_probe(contextual_attention="nope")
     assert done.returncode != 0
     assert "contextual_attention: expected true or false (or 1 / 0), got 'nope'" in done.stderr

@@ -46,6 +46,14 @@ def test_a_mislabelled_arm_is_refused():
         ablation.check_arm("contextual", plain, "evaluated")
     block = 32 * 32 * 9 + 32  # phi_C or phi_S on the tiny backbone's 32 channels
     assert ablation.attention_blocks(both)["parameters"] - ablation.attention_blocks(plain)["parameters"] == 2 * block
+    assert (
+        ablation.attention_blocks(both)["attention_kernels"] == [3]
+        and ablation.attention_blocks(plain)["attention_kernels"] == []
+    )
+    unattended = ThreeDCE(3, "tiny", spatial=True, attention_kernel_size=1, rpn_attended=False)
+    assert ablation.attention_blocks(unattended)["attention_kernels"] == [1]
+    assert ablation.attention_blocks(unattended)["rpn_reads"] == ["key_unattended"]
+    assert ablation.attention_blocks(both)["rpn_reads"] == ["key"]
 
 
 def test_score_counts_lookalikes_found_at_4_fps(tmp_path):

@@ -14,8 +14,10 @@ the detection flow of :class:`shared.networks.bag_detector.BagDetector`.
   the M maps concatenated along channels (``M * 490``, sec. 2, 3DCE).
   It returns ``{"key": features of the key image, "ps": concatenated position-sensitive maps}`` and follows the 2.5D
   backbone contract of :class:`shared.networks.bag_detector.BagBackbone`.
-- RPN: torchvision's RPN on the key image's (attended) features only (``rpn_feature_names``), anchors 16, 24, 32, 48,
-  96 px at ratios 0.5, 1, 2 (3DCE).
+- RPN: torchvision's RPN on the key image's features only (``rpn_feature_names``), anchors 16, 24, 32, 48, 96 px at
+  ratios 0.5, 1, 2 (3DCE): by default the attended ones; ``rpn_attended`` false gives it the key image's features
+  before CS-Att, as the authors' released code does (``rcnn/symbol/symbol_vgg.py``: ``_get_rpn`` reads ``relu5_3``,
+  the attention sits in the R-FCN head; the paper does not say).
 - RoI heads: torchvision's ``RoIHeads`` (sampling, losses, post-processing) with position-sensitive RoI align
   (:class:`PSRoIAlignPool`, 7 x 7 bins -> ``M * 10`` channels), one 2048-unit fully connected layer and
   ``FastRCNNPredictor`` (the "improved R-FCN" of 3DCE).
@@ -83,9 +85,10 @@ class ThreeDCEBackbone(nn.Module):
     """Shared 2D backbone over M slice images + CS-Att + position-sensitive maps (3DCE / CS-Att Fig. 1).
 
     Input ``(B, 3M, H, W)``; output ``{"key": (B, D, H/8, W/8), "ps": (B, M*K*K*C, H/8, W/8)}`` with ``K``
-    ``ps_size`` and ``C`` ``ps_channels``. :attr:`image_offsets`, :meth:`image_features` and :meth:`attend` split the
-    forward pass (:class:`~shared.networks.bag_detector.BagBackbone`) so the whole-volume inferer computes each slice
-    image's features once and reuses them for neighbouring key slices.
+    ``ps_size`` and ``C`` ``ps_channels``, and with ``rpn_attended`` false ``"key_unattended"``: the key image's
+    features before CS-Att, which the RPN then reads. :attr:`image_offsets`, :meth:`image_features` and
+    :meth:`attend` split the forward pass (:class:`~shared.networks.bag_detector.BagBackbone`) so the whole-volume
+    inferer computes each slice image's features once and reuses them for neighbouring key slices.
     """
 
     def __init__(
@@ -100,12 +103,14 @@ class ThreeDCEBackbone(nn.Module):
         attention_kernel_size: int = 3,
         image_mean: tuple[float, ...] = IMAGENET_MEAN,
         image_std: tuple[float, ...] = IMAGENET_STD,
+        rpn_attended: bool = True,
     ) -> None:
         super().__init__()
         if num_images < 1 or num_images % 2 == 0:
             raise ValueError(f"num_images (M) must be odd so the key image is in the middle, got {num_images}")
         self.num_images = num_images
-        self.rpn_feature_names = ("key",)
+        self.rpn_attended = rpn_attended
+        self.rpn_feature_names = ("key",) if rpn_attended else ("key_unattended",)
         self.register_buffer("mean", torch.tensor(image_mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(image_std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
         self.body, self.out_channels = build_slice_backbone(backbone, backbone_weights)
@@ -141,7 +146,10 @@ class ThreeDCEBackbone(nn.Module):
         b, m = attended.shape[0], attended.shape[1]
         ps = self.ps_conv(attended.flatten(0, 1))
         ps = ps.reshape([b, m * ps.shape[1]] + list(ps.shape[2:]))
-        return {"key": attended[:, m // 2], "ps": ps}, maps
+        features = {"key": attended[:, m // 2], "ps": ps}
+        if not self.rpn_attended:
+            features["key_unattended"] = bag["body"][:, m // 2]
+        return features, maps
 
     def attend(self, bag: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Attention and position-sensitive maps from per-image features ``{"body": (B, M, D, h, w)}``."""
@@ -256,6 +264,7 @@ class ThreeDCE(BagDetector, GeneralizedRCNN):
             torchvision's VGG-16 weights; 3DCE's Caffe VGG-16 input, [0, 255] minus 50: 50/255 and 1/255).
         ps_size, ps_channels: position-sensitive grid (7) and channels per image (10) => 490 maps per image.
         fc_channels: the fully connected layer after the pooling (2048, improved R-FCN).
+        rpn_attended: the RPN reads the attended key image (default) or, false, its features before CS-Att.
         rpn_*/box_*: torchvision RPN/RoIHeads parameters. Sampling sizes are those of the CS-Att authors' released
         3DCE configuration (``RPN_BATCH_SIZE: 32``, ``BATCH_ROIS: 32``, ``FG_FRACTION: 0.25``); the test-time NMS
         (0.3) and proposal numbers are the Faster R-CNN defaults 3DCE inherits. Its box-regression loss weight
@@ -295,6 +304,7 @@ class ThreeDCE(BagDetector, GeneralizedRCNN):
         box_score_thresh: float = 0.001,
         box_nms_thresh: float = 0.3,
         box_detections_per_img: int = 100,
+        rpn_attended: bool = True,
     ) -> None:
         body = ThreeDCEBackbone(
             num_images,
@@ -307,6 +317,7 @@ class ThreeDCE(BagDetector, GeneralizedRCNN):
             attention_kernel_size,
             image_mean,
             image_std,
+            rpn_attended,
         )
         anchors = AnchorGenerator(sizes=(tuple(anchor_sizes),), aspect_ratios=(tuple(aspect_ratios),))
         rpn = RegionProposalNetwork(
