@@ -150,7 +150,8 @@ class Probe(nn.Module):
 
 def object_accuracy(logits: torch.Tensor, ids: torch.Tensor, classes: list[list[int]]) -> dict:
     """Per-object accuracy, lesion vs look-alike: each object is called by the larger of its summed lesion and
-    look-alike logits over its pixels; also by class."""
+    look-alike logits over its pixels; also by class, and their mean (balanced: chance 0.5 whatever the classes'
+    shares)."""
     right = {1: [], 2: []}
     for b, labels in enumerate(classes):
         for i, label in enumerate(labels, start=1):
@@ -158,42 +159,25 @@ def object_accuracy(logits: torch.Tensor, ids: torch.Tensor, classes: list[list[
             summed = logits[b, 1:, mask].sum(dim=1)  # (lesion, look-alike)
             right[label].append(int(1 + int(summed.argmax())) == label)
     both = right[1] + right[2]
+    by_class = {"lesion_accuracy": float(np.mean(right[1])), "lookalike_accuracy": float(np.mean(right[2]))}
     return {
         "object_accuracy": float(np.mean(both)),
-        "lesion_accuracy": float(np.mean(right[1])),
-        "lookalike_accuracy": float(np.mean(right[2])),
+        **by_class,
+        "balanced_accuracy": float(np.mean(list(by_class.values()))),
         "objects": len(both),
     }
 
 
-def run_arm(
-    arm: str,
-    seed: int,
-    steps: int,
-    block_kwargs: dict,
-    batch: int = 8,
-    held_out: int = 128,
-    channels: int = CHANNELS,
-    size: int = SIZE,
-    bag_size: int = BAG_SIZE,
-    eval_every: int = 0,
-) -> dict:
-    """Train one arm with one seed on bags of ``bag_size`` maps of ``channels`` x ``size`` x ``size``; return its
-    held-out accuracies, the block's measurements and (``eval_every`` > 0) the held-out object accuracy every
-    ``eval_every`` steps before the measured last 50 (``curve``: [step, accuracy] pairs, the end included).
-
-    Modules are seeded one by one (:func:`benchmarks.ablation.seed_each_module`): at one seed every arm starts the
-    head, and the spatial and the full arm the spatial attention, from the same weights."""
-    signature = torch.rand(channels, generator=torch.Generator().manual_seed(0))  # common to every run
-    kwargs = None if ARMS[arm] is None else {**block_kwargs, **ARMS[arm]}
-    model = ablation.seed_each_module(Probe(kwargs, channels), seed)
+def train_probe(model: Probe, steps: int, draw, held_out: tuple, eval_every: int = 0) -> dict:
+    """Train ``model`` ``steps`` steps (Adam, lr 1e-3, cross entropy with background weighted 0.2) on the batches
+    ``draw()`` gives (``(bags, labels)``) and score it on ``held_out`` (``(bags, ids, classes)``, as
+    :func:`object_accuracy` reads them). Returns the held-out accuracies, the mean loss of the last 50 steps, the
+    training time, the block's measurements over the last 50 steps and on the held-out bags and (``eval_every`` > 0)
+    the held-out object accuracy every ``eval_every`` steps before the last 50 (``curve``, the end included)."""
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     weights = torch.tensor([0.2, 1.0, 1.0])  # background is most pixels
-    data = torch.Generator().manual_seed(1000 + seed)
     blocks = {} if model.block is None else {"block": model.block}
-    held_out_bags, _, ids, classes = draw_bags(
-        torch.Generator().manual_seed(HELD_OUT_SEED), held_out, signature, bag_size, size
-    )
+    held_out_bags, ids, classes = held_out
 
     def accuracy() -> dict:
         model.eval()
@@ -209,7 +193,7 @@ def run_arm(
         for step in range(steps):
             if step == max(steps - 50, 0):  # the block's measurements of the last 50 steps only
                 stats = recording.enter_context(recorded_block_stats(blocks))
-            bags, labels, _, _ = draw_bags(data, batch, signature, bag_size, size)
+            bags, labels = draw()
             loss = nn.functional.cross_entropy(model(bags), labels, weight=weights)
             optimizer.zero_grad()
             loss.backward()
@@ -222,13 +206,7 @@ def run_arm(
     with recorded_block_stats(blocks) as stats:
         result = accuracy()
         held_out_stats = summaries(stats).get("block", {})
-    record = {
-        "arm": arm,
-        "seed": seed,
-        "block": kwargs,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "va_blocks": [k for k in ("channel", "spatial") if kwargs and kwargs[k]],
-        "images_per_target": 1 if kwargs is None else bag_size,
+    trained = {
         **result,
         "final_loss": float(np.mean(losses[-50:])),
         "train_s": train_s,
@@ -236,8 +214,50 @@ def run_arm(
         "held_out_stats": held_out_stats,
     }
     if eval_every:
-        record["curve"] = curve + [[steps, result["object_accuracy"]]]
-    return record
+        trained["curve"] = curve + [[steps, result["object_accuracy"]]]
+    return trained
+
+
+def run_arm(
+    arm: str,
+    seed: int,
+    steps: int,
+    block_kwargs: dict,
+    batch: int = 8,
+    held_out: int = 128,
+    channels: int = CHANNELS,
+    size: int = SIZE,
+    bag_size: int = BAG_SIZE,
+    eval_every: int = 0,
+) -> dict:
+    """Train one arm with one seed on bags of ``bag_size`` maps of ``channels`` x ``size`` x ``size``
+    (:func:`train_probe`, fresh bags every step); return its record.
+
+    Modules are seeded one by one (:func:`benchmarks.ablation.seed_each_module`): at one seed every arm starts the
+    head, and the spatial and the full arm the spatial attention, from the same weights."""
+    signature = torch.rand(channels, generator=torch.Generator().manual_seed(0))  # common to every run
+    kwargs = None if ARMS[arm] is None else {**block_kwargs, **ARMS[arm]}
+    model = ablation.seed_each_module(Probe(kwargs, channels), seed)
+    data = torch.Generator().manual_seed(1000 + seed)
+    held_out_bags, _, ids, classes = draw_bags(
+        torch.Generator().manual_seed(HELD_OUT_SEED), held_out, signature, bag_size, size
+    )
+    trained = train_probe(
+        model,
+        steps,
+        lambda: draw_bags(data, batch, signature, bag_size, size)[:2],
+        (held_out_bags, ids, classes),
+        eval_every,
+    )
+    return {
+        "arm": arm,
+        "seed": seed,
+        "block": kwargs,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "va_blocks": [k for k in ("channel", "spatial") if kwargs and kwargs[k]],
+        "images_per_target": 1 if kwargs is None else bag_size,
+        **trained,
+    }
 
 
 def describe(record: dict) -> str:
@@ -249,25 +269,28 @@ def describe(record: dict) -> str:
     ) + ("".join(f"\n  step {step}: {accuracy:.3f}" for step, accuracy in record.get("curve", [])))
 
 
-def summarize(records: list[dict]) -> tuple[list[dict], str]:
-    """Mean +- sd over seeds per form and arm, and the markdown table."""
+def summarize(
+    records: list[dict], arms: list[str] | None = None, metric: str = "object_accuracy"
+) -> tuple[list[dict], str]:
+    """Mean +- sd over seeds per form and arm (in the order of ``arms``, default :data:`ARMS`), and the markdown
+    table of ``metric`` (``object_accuracy`` or ``balanced_accuracy``)."""
     rows, cells = [], []
     forms = list(dict.fromkeys(r["form"] for r in records))
     for form in forms:
-        for arm, runs in ablation.by_arm([r for r in records if r["form"] == form], list(ARMS)):
+        for arm, runs in ablation.by_arm([r for r in records if r["form"] == form], arms or list(ARMS)):
             row = {"form": form, "arm": arm, "seeds": len(runs), "parameters": runs[0]["parameters"]}
             row |= {"va_blocks": runs[0]["va_blocks"], "images_per_target": runs[0]["images_per_target"]}
-            for key in ("object_accuracy", "lesion_accuracy", "lookalike_accuracy"):
+            for key in (metric, "lesion_accuracy", "lookalike_accuracy"):
                 row[f"{key}_mean"], row[f"{key}_sd"] = ablation.mean_sd([r[key] for r in runs])
             rows.append(row)
-            accuracy = f"{row['object_accuracy_mean']:.3f} +- {row['object_accuracy_sd']:.3f}"
-            by_seed = " / ".join(f"{r['object_accuracy']:.3f}" for r in runs)
+            accuracy = f"{row[f'{metric}_mean']:.3f} +- {row[f'{metric}_sd']:.3f}"
+            by_seed = " / ".join(f"{r[metric]:.3f}" for r in runs)
             by_class = f"{row['lesion_accuracy_mean']:.2f} / {row['lookalike_accuracy_mean']:.2f}"
             blocks = ", ".join(row["va_blocks"]) or "none"
-            described = [form if arm != "target" else "-", arm, f"{row['parameters']:,}", blocks]
+            described = [form if row["va_blocks"] else "-", arm, f"{row['parameters']:,}", blocks]
             cells.append([*described, str(row["images_per_target"]), accuracy, by_seed, by_class])
     columns = [("block form", False), ("arm", False), ("params", True), ("VA blocks", False)]
-    columns += [("images per target", True), ("object accuracy", False), ("by seed", False)]
+    columns += [("images per target", True), (metric.replace("_", " "), False), ("by seed", False)]
     columns += [("lesions / look-alikes", False)]
     return rows, "\n".join(ablation.markdown_table(columns, cells)) + "\n"
 
