@@ -41,7 +41,7 @@ def step_cost(key: str, args) -> dict:
     torch.manual_seed(0)
     before = measure.rss_mib()
     net = MSAN(channels=tuple(args.channels), variant=variant, deep_supervision=ds).to(args.device).train()
-    loss_fn = DeepSupervisionLoss(DiceLoss(to_onehot_y=True, softmax=True, include_background=False, batch=True))
+    loss_fn = DeepSupervisionLoss(DiceLoss(to_onehot_y=True, softmax=True, include_background=True, batch=True))
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     x = torch.rand(args.batch, 1, *args.patch, device=args.device)
     y = torch.randint(0, 3, (args.batch, 1, *args.patch), device=args.device).float()
