@@ -71,6 +71,9 @@ FORMS = {
     "fixed_c16_hidden": {**FIXED, "min_hidden": 1},
     # the fixed form with the spatial attention computed from the bag before the channel gate
     "fixed_parallel": {**FIXED, "sequential": False},
+    # the attention-weighted bag added to the gated target (non-local residual, zero-initialised): a deviation
+    "paper_residual": {"bag_residual": True},
+    "fixed_parallel_residual": {**FIXED, "sequential": False, "bag_residual": True},
 }
 """Block forms (``VolumetricAttention`` keyword arguments) the probe compares: ``--forms``."""
 

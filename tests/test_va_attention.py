@@ -170,3 +170,32 @@ def test_channel_embedding_width(channels, min_hidden, hidden):
     """C / 16 hidden units as eq. 2 writes (16 at the paper's 256-channel FPN), at least ``min_hidden``."""
     block = VolumetricAttention(2, channels, min_hidden=min_hidden)
     assert block.channel_embedding[0].out_channels == hidden
+
+
+def test_bag_residual_starts_as_the_paper_form_and_adds_the_attended_bag():
+    """``bag_residual``: ``X_tgt * S_c * S_s + W_z(S_att . X_long)`` with the spatial slice attention (the channel one
+    without spatial attention); ``W_z`` starts at zero, so a fresh block gives the paper's output."""
+    bag = _bag()
+    residual = _block(channel=False, bag_residual=True)
+    plain = VolumetricAttention(2, 32, channel=False).eval()
+    plain.load_state_dict({k: v for k, v in residual.state_dict().items() if not k.startswith("bag_projection")})
+    torch.testing.assert_close(residual(bag, 2), plain(bag, 2))  # W_z = 0
+    with torch.no_grad():
+        residual.bag_projection.weight.normal_(generator=torch.Generator().manual_seed(3))
+    att, gate = residual.spatial_attention(bag, 2)
+    attended = (att[:, :, None, None, None] * bag).sum(dim=1)
+    expected = bag[:, 2] * gate + residual.bag_projection(attended)
+    torch.testing.assert_close(residual(bag, 2), expected)
+    assert not torch.allclose(residual(bag, 2), plain(bag, 2))
+    changed = bag.clone()
+    changed[:, 0] += 1.0  # a far member: reaches the output through the residual, not only through the gate
+    assert not torch.allclose(residual(changed, 2), residual(bag, 2))
+    torch.testing.assert_close(torch.jit.script(residual)(bag, 2), residual(bag, 2))
+    channel_only = _block(spatial=False, bag_residual=True)
+    with torch.no_grad():
+        channel_only.bag_projection.weight.fill_(0.01)
+    c_att, c_gate = channel_only.channel_attention(bag, 2)
+    c_attended = (c_att[:, :, None, None, None] * bag).sum(dim=1)
+    torch.testing.assert_close(channel_only(bag, 2), bag[:, 2] * c_gate + channel_only.bag_projection(c_attended))
+    with pytest.raises(ValueError, match="switch channel or spatial on"):
+        VolumetricAttention(2, 32, channel=False, spatial=False, bag_residual=True)

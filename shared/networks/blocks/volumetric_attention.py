@@ -60,6 +60,12 @@ class VolumetricAttention(nn.Module):
         sequential: compute the spatial attention from the bag with the channel gate applied to every member (sec. 1:
             "sequentially", as CBAM). False: from the bag as given, both gates then multiplied onto the target (in the
             VA context probe the channel gate in front stalled the spatial attention in one seed of three).
+        bag_residual: add the bag, weighed by the slice attention (the spatial one's when on, else the channel
+            one's), through a 1x1 convolution ``W_z`` to the gated target: ``X_tgt * S_c * S_s + W_z(S_att . X_long)``,
+            the residual form of the non-local block the paper's attention is inspired by ([17]: ``z = W_z y + x``).
+            ``W_z`` starts at zero, so a fresh block is the paper's. Default False: the target only rescaled by the
+            gates (sec. 2.2-2.3), which on a detector's features passed no context in
+            ``benchmarks/va_feature_probe.py``.
 
     Forward:
         bag: (B, N, C, *spatial) features in z order.
@@ -74,6 +80,7 @@ class VolumetricAttention(nn.Module):
     spatial_scale: Final[bool]
     gate_norm: Final[bool]
     sequential: Final[bool]
+    bag_residual: Final[bool]
 
     def __init__(
         self,
@@ -88,10 +95,13 @@ class VolumetricAttention(nn.Module):
         gate_norm: bool = False,
         spatial_relu: bool = True,
         sequential: bool = True,
+        bag_residual: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        if bag_residual and not (channel or spatial):
+            raise ValueError("bag_residual weighs the bag by a slice attention: switch channel or spatial on")
         conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
         self.spatial_dims = spatial_dims
         self.channel = channel
@@ -99,6 +109,11 @@ class VolumetricAttention(nn.Module):
         self.spatial_scale = spatial_scale
         self.gate_norm = gate_norm
         self.sequential = sequential
+        self.bag_residual = bag_residual
+        if bag_residual:
+            self.bag_projection = conv(in_channels, in_channels, 1)  # W_z, zero: the block starts as the paper's
+            nn.init.zeros_(self.bag_projection.weight)
+            nn.init.zeros_(self.bag_projection.bias)
         if channel:
             hidden = channel_hidden_units(in_channels, reduction, min_hidden)
             # F_emb^c = W2 relu(W1 F_avg^c(.)), shared by target and bag (eq. 2).
@@ -170,12 +185,16 @@ class VolumetricAttention(nn.Module):
             raise ValueError(f"target_index {t} outside a bag of {n}")
         target = bag[:, t]
         channel_gate: torch.Tensor | None = None
+        slice_attention = torch.empty(0)
         if self.channel:
-            _, gate = self.channel_attention(bag, t)
+            slice_attention, gate = self.channel_attention(bag, t)
             target = target * gate
             if self.sequential:
                 channel_gate = gate
         if self.spatial:
-            _, spatial_gate = self.spatial_attention(bag, t, channel_gate)
+            slice_attention, spatial_gate = self.spatial_attention(bag, t, channel_gate)
             target = target * spatial_gate
+        if self.bag_residual:
+            weights = slice_attention.reshape(list(slice_attention.shape) + [1] * (self.spatial_dims + 1))
+            target = target + self.bag_projection((weights * bag).sum(dim=1))
         return target
