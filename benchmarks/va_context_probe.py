@@ -252,15 +252,31 @@ def run_arm(
         (held_out_bags, ids, classes),
         eval_every,
     )
+    return probe_record(arm, seed, model, kwargs, 1 if kwargs is None else bag_size, trained)
+
+
+def probe_record(arm: str, seed: int, model: Probe, kwargs: dict | None, images_per_target: int, trained: dict) -> dict:
+    """One probe run's record: what it is (block knobs, parameters, VA blocks, images per target) and
+    :func:`train_probe`'s result."""
     return {
         "arm": arm,
         "seed": seed,
         "block": kwargs,
         "parameters": sum(p.numel() for p in model.parameters()),
         "va_blocks": [k for k in ("channel", "spatial") if kwargs and kwargs[k]],
-        "images_per_target": 1 if kwargs is None else bag_size,
+        "images_per_target": images_per_target,
         **trained,
     }
+
+
+def write_run(settings: dict, rows: list[dict], records: list[dict], markdown: str, started: float, out) -> None:
+    """Print the table and the whole run's time (added to ``settings`` as ``total_s``); write settings, table and
+    runs as JSON to ``out`` if given."""
+    settings["total_s"] = time.perf_counter() - started
+    print(markdown)
+    print(f"Whole run: {settings['total_s'] / 60:.1f} min")
+    if out:
+        out.write_text(json.dumps({"settings": settings, "table": rows, "runs": records}, indent=1))
 
 
 def describe(record: dict) -> str:
@@ -326,11 +342,7 @@ def main() -> None:
         "forms": {f: FORMS[f] for f in args.forms},
     }
     settings |= ablation.machine_settings(1)
-    settings["total_s"] = time.perf_counter() - started
-    print(markdown)
-    print(f"Whole run: {settings['total_s'] / 60:.1f} min")
-    if args.out:
-        args.out.write_text(json.dumps({"settings": settings, "table": rows, "runs": records}, indent=1))
+    write_run(settings, rows, records, markdown, started, args.out)
 
 
 if __name__ == "__main__":

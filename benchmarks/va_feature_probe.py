@@ -32,7 +32,6 @@ they were made with the same settings) or a new one, where both are made as the 
 """
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -155,15 +154,7 @@ def run_arm(arm: str, seed: int, steps: int, form: dict, train: tuple, held_out:
         return bags[picked], labels[picked]
 
     trained = va_context_probe.train_probe(model, steps, draw, (held_out[0], held_out[2], held_out[3]))
-    return {
-        "arm": arm,
-        "seed": seed,
-        "block": kwargs,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "va_blocks": [k for k in ("channel", "spatial") if kwargs and kwargs[k]],
-        "images_per_target": 1 if arm == "target" else bag_size,
-        **trained,
-    }
+    return va_context_probe.probe_record(arm, seed, model, kwargs, 1 if arm == "target" else bag_size, trained)
 
 
 def main() -> None:
@@ -225,11 +216,7 @@ def main() -> None:
         "objects": {name: sum(len(c) for c in part[3]) for name, part in parts.items()},
         **ablation.machine_settings(1),
     }
-    settings["total_s"] = time.perf_counter() - started
-    print(markdown)
-    print(f"Whole run: {settings['total_s'] / 60:.1f} min")
-    if args.json:
-        args.json.write_text(json.dumps({"settings": settings, "table": rows, "runs": records}, indent=1))
+    va_context_probe.write_run(settings, rows, records, markdown, started, args.json)
 
 
 if __name__ == "__main__":
