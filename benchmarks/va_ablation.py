@@ -5,7 +5,8 @@ lesion false positives per volume and look-alikes hit on the held-out volumes.
 
     PYTHONPATH=. .venv/bin/python benchmarks/va_ablation.py [--out outputs/va_ablation]
         [--arms full baseline] [--seeds 0 1 2] [--epochs 5] [--samples 200] [--cases 32] [--shape 128 128 64]
-        [--pretrain_epochs 18] [--pretrained_parts backbone rpn roi_heads] [--form fixed|fixed_parallel|paper]
+        [--pretrain_epochs 18] [--pretrained_parts backbone rpn roi_heads]
+        [--form fixed|fixed_parallel|fixed_parallel_residual|paper]
         [--context_bag 9] [--max_lookalikes 1] [--fov body|liver] [--jobs 2] [--args_file more_overrides.json]
         [--smoke]
 
@@ -28,10 +29,12 @@ VA block form (``--form``): ``fixed`` (:data:`FIXED_FORM`, the default) is what 
 ``benchmarks/va_context_probe.py``, where eq. 2-3 as written (``paper``, :data:`PAPER_FORM`, the bundle's defaults
 and the ``full_paper`` arm's) did not; ``fixed_parallel`` (:data:`FIXED_PARALLEL_FORM`) is that form with the
 spatial attention read from the bag before the channel gate (``sequential`` false), which carried context in every
-seed of the probe where the paper's sequential order stalled in one. The pre-training builds no VA block and does
-not depend on the form. The blocks' measurements (``benchmarks/va_block_stats.py``: hidden units
-alive, slice-attention entropy and weights, gate spread, output / target norm) are logged per FPN level in every
-training epoch and on the held-out volumes (``training_watch``, ``evaluation_watch``; tables:
+seed of the probe where the paper's sequential order stalled in one; ``fixed_parallel_residual``
+(:data:`FIXED_PARALLEL_RESIDUAL_FORM`) adds the attention-weighted bag to the gated target through a zero-initialised
+1x1 convolution (``bag_residual``, not in the paper; ``benchmarks/va_feature_probe.py``). The pre-training
+builds no VA block and does not depend on the form. The blocks' measurements (``benchmarks/va_block_stats.py``:
+hidden units alive, slice-attention entropy and weights, gate spread, output / target norm) are logged per FPN level
+in every training epoch and on the held-out volumes (``training_watch``, ``evaluation_watch``; tables:
 ``benchmarks/va_slice_attention.py``).
 
 Every arm starts, as the paper's models do (sec. 3.2: feature extractor and RPN "copied from detectors pre-trained on
@@ -102,12 +105,22 @@ PAPER_FORM = {
     "min_hidden": 1,
     "spatial_relu": "true",
     "sequential": "true",
+    "bag_residual": "false",
 }
 """Eq. 2-3 as written (the bundle's defaults): the ``full_paper`` arm, and every VA arm with ``--form paper``."""
 FIXED_PARALLEL_FORM = as_knobs(va_context_probe.FORMS["fixed_parallel"])
 """:data:`FIXED_FORM` with ``sequential`` false (``--form fixed_parallel``): the spatial attention read from the bag as
 given, not from the channel-gated bag (the probe's ``fixed_parallel``, where full VA carried context in every seed)."""
-FORMS = {"fixed": FIXED_FORM, "fixed_parallel": FIXED_PARALLEL_FORM, "paper": PAPER_FORM}
+FIXED_PARALLEL_RESIDUAL_FORM = as_knobs(va_context_probe.FORMS["fixed_parallel_residual"])
+""":data:`FIXED_PARALLEL_FORM` with ``bag_residual`` true (``--form fixed_parallel_residual``): the attention-weighted
+bag also reaches the target through a zero-initialised 1x1 convolution (the feature probe's best form, not the
+paper's)."""
+FORMS = {
+    "fixed": FIXED_FORM,
+    "fixed_parallel": FIXED_PARALLEL_FORM,
+    "fixed_parallel_residual": FIXED_PARALLEL_RESIDUAL_FORM,
+    "paper": PAPER_FORM,
+}
 FORM_KNOBS = {knob for form in FORMS.values() for knob in form}
 VA = {"attention": "true"}
 
@@ -150,7 +163,7 @@ def block_form(block) -> dict:
     """The form of one ``VolumetricAttention`` block, in the terms of :func:`claimed_form`."""
     from torch import nn
 
-    form = {"spatial_scale": block.spatial_scale, "gate_norm": block.gate_norm}
+    form = {"spatial_scale": block.spatial_scale, "gate_norm": block.gate_norm, "bag_residual": block.bag_residual}
     if block.spatial:
         form["spatial_relu"] = isinstance(block.spatial_head[0], nn.ReLU)
     if block.channel:
@@ -190,7 +203,7 @@ def claimed_form(knobs: dict, channels: int) -> dict:
     blocks = [name for name in ("channel", "spatial") if on(f"{name}_attention")]
     if not on("attention") or not blocks:
         return {}
-    form = {"spatial_scale": on("spatial_scale"), "gate_norm": on("gate_norm")}
+    form = {"spatial_scale": on("spatial_scale"), "gate_norm": on("gate_norm"), "bag_residual": on("bag_residual")}
     if "spatial" in blocks:
         form["spatial_relu"] = as_bool(knobs.get("spatial_relu", True), "spatial_relu")
     if "channel" in blocks:

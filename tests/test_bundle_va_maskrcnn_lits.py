@@ -252,6 +252,12 @@ def test_train_defaults_are_the_papers(configs):
             m for m in config.get_parsed_content("network_def", instantiate=True).modules() if hasattr(m, "sequential")
         ]
         assert len(blocks) == 5 and not any(m.sequential for m in blocks)  # one block per FPN level, each parallel
+        assert config.get_parsed_content("network_def#bag_residual") is False  # the paper's output: gated target only
+        assert not any(m.bag_residual for m in blocks)
+        config["bag_residual"] = "true"
+        network = config.get_parsed_content("network_def", instantiate=True)
+        blocks = [m for m in network.modules() if hasattr(m, "bag_residual")]
+        assert len(blocks) == 5 and all(m.bag_residual for m in blocks)
         assert config["fpn_channels"] == 256  # mmdetection's Mask R-CNN FPN, the COCO checkpoint's width
     defaults = _parser(configs, "train.json")
     assert defaults["pretrained"] is True and defaults.get_parsed_content("frozen_batchnorm") is True

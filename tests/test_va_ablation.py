@@ -20,7 +20,7 @@ from shared.networks.va_rcnn import build_va_mask_rcnn
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("form", ["fixed", "fixed_parallel"])
+@pytest.mark.parametrize("form", ["fixed", "fixed_parallel", "fixed_parallel_residual"])
 @pytest.mark.parametrize("arm", list(ablation.ARMS))
 def test_each_arm_builds_the_model_it_claims(arm, form, tmp_path):
     """The knobs go in as the lower-case strings the command line gives ('false' must not switch VA on)."""
@@ -36,8 +36,9 @@ def test_each_arm_builds_the_model_it_claims(arm, form, tmp_path):
     assert found["blocks"] == list(ablation.ARMS[arm][1])
     # 64 channels: 16 hidden units with the fixed form's floor, 64 // 16 = 4 as written; the order only with both gates
     fixed = {"spatial_scale": True, "gate_norm": True, "spatial_relu": False, "channel_hidden": 16}
-    fixed["sequential"] = form == "fixed"
+    fixed.update(sequential=form == "fixed", bag_residual=form == "fixed_parallel_residual")
     paper = {"spatial_scale": False, "gate_norm": False, "spatial_relu": True, "channel_hidden": 4, "sequential": True}
+    paper["bag_residual"] = False
     blocks = ablation.ARMS[arm][1]
     expected = paper if arm == "full_paper" else {} if not blocks else fixed  # the run's form
     if blocks == ("channel",):
@@ -82,6 +83,16 @@ def test_a_mislabelled_arm_is_refused():
         ablation.check_arm("full", knobs("full", fixed_knobs), fixed, "built")
     parallel = network(spatial_scale=True, gate_norm=True, min_hidden=32, spatial_relu=False, sequential=False)
     assert ablation.check_arm("full", knobs("full", fixed_knobs), parallel, "built")["form"]["sequential"] is False
+    # the bag residual: a network without it is not the residual form it would claim, nor one with it the plain form
+    residual_knobs = {**ablation.FIXED_PARALLEL_RESIDUAL_FORM, "min_hidden": 32}
+    with pytest.raises(SystemExit, match="'bag_residual': False.*not .*'bag_residual': True"):
+        ablation.check_arm("full", knobs("full", residual_knobs), parallel, "built")
+    residual = network(
+        spatial_scale=True, gate_norm=True, min_hidden=32, spatial_relu=False, sequential=False, bag_residual=True
+    )
+    with pytest.raises(SystemExit, match="'bag_residual': True.*not .*'bag_residual': False"):
+        ablation.check_arm("full", knobs("full", fixed_knobs), residual, "built")
+    assert ablation.check_arm("full", knobs("full", residual_knobs), residual, "built")["form"]["bag_residual"] is True
     # channel block per FPN level (256 channels, reduction 16): 256*16+16 + 16*256+256 + 256*256+256; 5 levels
     parameters = {name: ablation.va_blocks(n)["parameters"] for name, n in [("channel", channel), ("base", baseline)]}
     assert parameters["channel"] - parameters["base"] == 5 * (4112 + 4352 + 65792)

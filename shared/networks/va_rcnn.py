@@ -84,7 +84,7 @@ class VABackbone(nn.Module):
         attention: False gives the baseline 2.5D detector: only the target image is used (same input format).
         channel, spatial: switches of the VA block (Table 2d).
         block_options: further keyword arguments of every ``VolumetricAttention`` block (``spatial_scale``,
-            ``gate_norm``, ``min_hidden``, ``spatial_relu``, ``sequential``); none: the paper's form.
+            ``gate_norm``, ``min_hidden``, ``spatial_relu``, ``sequential``, ``bag_residual``); none: the paper's form.
         location: ``"rpn"`` (default, Fig. 2): VA on every FPN level, one block per level (levels differ in scale
             and statistics, so they do not share weights); ``"roi"`` (Table 2e "RCNN"): the RPN sees the target's
             own features and VA is applied to RoI-aligned bag features by :class:`BagRoIAlign` in the heads, which
@@ -350,6 +350,7 @@ def build_va_mask_rcnn(
     min_hidden: int = 1,
     spatial_relu: bool = True,
     sequential: bool = True,
+    bag_residual: bool = False,
     location: str = "rpn",
     min_size: int = 1024,
     max_size: int = 1024,
@@ -365,8 +366,10 @@ def build_va_mask_rcnn(
 
     ``attention=False`` is the baseline 2.5D Mask R-CNN (target image only) with the same input; ``spatial_scale``
     (divide eq. 3's product by H*W), ``gate_norm`` (gates divided by their mean), ``min_hidden`` (fewest hidden
-    units of eq. 2's embedding), ``spatial_relu`` (the spatial head's ReLU) and ``sequential`` (spatial attention read
-    from the channel-gated bag, sec. 1) go to every ``VolumetricAttention`` block (defaults: the paper's form).
+    units of eq. 2's embedding), ``spatial_relu`` (the spatial head's ReLU), ``sequential`` (spatial attention read
+    from the channel-gated bag, sec. 1) and ``bag_residual`` (the attention-weighted bag added through a
+    zero-initialised 1x1 convolution, not in the paper) go to every ``VolumetricAttention`` block (defaults: the
+    paper's form).
     ``backbone_weights`` (e.g. ``"ResNet50_Weights.IMAGENET1K_V1"``) downloads ImageNet weights: only when asked and
     online; COCO or DeepLesion detector weights are loaded afterwards with
     :func:`shared.networks.pretrained.load_pretrained`. ``frozen_batchnorm`` defaults to True with pretrained
@@ -390,6 +393,7 @@ def build_va_mask_rcnn(
             "min_hidden": min_hidden,
             "spatial_relu": spatial_relu,
             "sequential": sequential,
+            "bag_residual": bag_residual,
         },
         location,
         min_size,
@@ -415,6 +419,7 @@ def build_va_faster_rcnn(
     min_hidden: int = 1,
     spatial_relu: bool = True,
     sequential: bool = True,
+    bag_residual: bool = False,
     location: str = "rpn",
     min_size: int = 512,
     max_size: int = 512,
@@ -444,6 +449,7 @@ def build_va_faster_rcnn(
             "min_hidden": min_hidden,
             "spatial_relu": spatial_relu,
             "sequential": sequential,
+            "bag_residual": bag_residual,
         },
         location,
         min_size,
