@@ -26,6 +26,12 @@ these features; ``stacked`` near ``target``: the pre-trained features do not hol
 
     PYTHONPATH=. .venv/bin/python benchmarks/va_feature_probe.py --out DIR [--fov liver] [--level 0]
         [--arms target spatial full stacked] [--seeds 0 1 2] [--steps 600] [--form fixed_parallel] [--json out.json]
+        [--readout baseline full [--epochs 5]]
+
+``--readout``: instead, the ``target`` arm's head on what each trained network of a ``benchmarks/va_ablation.py``
+run (``--out``; its arms' ``ARM_seedSEED`` folders, the block form ``--form``, the last of ``--epochs``) passes to
+its RPN and heads at ``--level``: VA's output, or the baseline's target features; the head's seed is the network's.
+Whether the trained detector's attended features hold what tells lesions from look-alikes, held out.
 
 ``--out`` is a ``benchmarks/va_ablation.py`` output folder (its phantoms and pre-trained detector are reused when
 they were made with the same settings) or a new one, where both are made as the ablation makes them.
@@ -75,10 +81,22 @@ def cell_labels(masks: list[np.ndarray], kinds: list[int], shape: tuple[int, int
     return labels, ids
 
 
-def volume_targets(backbone, preprocessing, bag_size: int, level: str, entry: dict, shape, options: dict) -> list:
+def member_features(backbone, level: str):
+    """Bag (3N, H, W) -> the FPN features at ``level`` of each of its N images (N, C, h, w), no attention."""
+    return lambda bag: backbone.image_features(bag.reshape(-1, 3, *bag.shape[1:]))[level]
+
+
+def passed_features(backbone, level: str):
+    """Bag (3N, H, W) -> the target's features at ``level`` as ``backbone`` passes them to the RPN and the heads
+    (1, C, h, w): VA's output, or without VA the target image's own features."""
+    return lambda bag: backbone(bag[None])[level]
+
+
+def volume_targets(features_of, preprocessing, bag_size: int, entry: dict, shape, options: dict) -> list:
     """Every target slice of one context volume (a datalist entry) through one of its lesions (where the look-alike
-    lies too: a volume's objects share one axial level), with every object on it: the bag's features at
-    ``level`` (N, C, h, w), the cells' classes and objects (:func:`cell_labels`) and the objects' classes. The
+    lies too: a volume's objects share one axial level), with every object on it: what ``features_of`` makes of the
+    bag (:func:`member_features`, :func:`passed_features`), the cells' classes and objects (:func:`cell_labels`) and
+    the objects' classes. The
     phantom's lesions must lie mostly on the segmentation's lesion voxels as the bundle's preprocessing reads them (a
     slice's lesion tips may not: the phantom's slice nearest a target can be half a slice from the one the
     resampling took), or the run stops: a phantom drawn otherwise than the volume on disk, or another orientation."""
@@ -104,7 +122,7 @@ def volume_targets(backbone, preprocessing, bag_size: int, level: str, entry: di
         on_lesion, lesion_pixels = on_lesion + int(lesion_voxels[lesions].sum()), lesion_pixels + int(lesions.sum())
         bag = image[0][..., bag_slice_indices(target, image.shape[-1], bag_size)].permute(2, 0, 1).float()
         with torch.no_grad():
-            features = backbone.image_features(bag.reshape(bag_size, 3, *bag.shape[1:]))[level]
+            features = features_of(bag)
         kinds = [LOOKALIKE if i in lookalikes else LESION for i in present]
         labels, cells = cell_labels([ids == i + 1 for i in present], kinds, tuple(features.shape[-2:]))
         out.append({"features": features, "labels": labels, "ids": cells, "classes": kinds})
@@ -116,17 +134,22 @@ def volume_targets(backbone, preprocessing, bag_size: int, level: str, entry: di
     return out
 
 
-def detector_parts(out: Path, data: Path, epochs: int, samples: int):
-    """The ablation's baseline 2.5D Mask R-CNN as the bundle's train.json builds it (random weights: the caller
-    loads the pre-trained ones), the bundle's preprocessing and the bag size."""
+def detector_parts(out: Path, data: Path, epochs: int, samples: int, arm: str = "baseline", seed: int = 0, form=None):
+    """The ablation's ``arm`` (default its baseline 2.5D Mask R-CNN) of ``seed`` as the bundle's train.json builds it,
+    VA blocks in the block form ``form`` (knobs), checked to be what the arm claims
+    (:func:`benchmarks.va_ablation.check_arm`), with random weights (the caller loads the trained ones); the bundle's
+    preprocessing and the bag size."""
     from monai.bundle import ConfigParser
 
-    overrides = va_ablation.arm_overrides("baseline", 0, data, out / "pretrain", epochs, {"samples_per_epoch": samples})
+    extra = {**(form or {}), "samples_per_epoch": samples}
+    overrides = va_ablation.arm_overrides(arm, seed, data, out / f"{arm}_seed{seed}", epochs, extra)
     overrides["pretrained"] = "false"
     parser = ConfigParser()
     parser.read_config(str(va_ablation.CONFIGS / "train.json"))
     parser.update(overrides)
-    return parser.get_parsed_content("network_def"), parser.get_parsed_content("preprocessing"), int(parser["bag_size"])
+    network = parser.get_parsed_content("network_def")
+    va_ablation.check_arm(arm, overrides, network, "read")
+    return network, parser.get_parsed_content("preprocessing"), int(parser["bag_size"])
 
 
 def stacked(targets: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list]:
@@ -171,7 +194,17 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=200, help="the ablation's slices per epoch (its settings)")
     parser.add_argument("--pretrain_epochs", type=int, default=18)
     parser.add_argument("--json", type=Path, help="write the settings, every run and the table here")
+    parser.add_argument(
+        "--readout",
+        nargs="+",
+        choices=list(va_ablation.ARMS),
+        help="instead: the target head on the features each trained ablation network (ARM_seedSEED in --out, block "
+        "form --form) passes to its RPN and heads",
+    )
+    parser.add_argument("--epochs", type=int, default=5, help="the ablation's epochs (its last checkpoint is read)")
     args = parser.parse_args()
+    if args.readout and args.form not in va_ablation.FORMS:
+        parser.error(f"--readout reads an ablation's networks: --form is one of {list(va_ablation.FORMS)}")
     from shared.data.lits import make_datalist
     from shared.networks.pretrained import read_state_dict
 
@@ -183,27 +216,47 @@ def main() -> None:
     checkpoint = va_ablation.pretrain(
         out, args.cases, args.shape, {"samples_per_epoch": args.samples}, args.pretrain_epochs, args.fov
     )
-    network, preprocessing, bag_size = detector_parts(out, data, args.pretrain_epochs, args.samples)
-    network.load_state_dict(read_state_dict(checkpoint))
-    backbone = network.backbone.eval()
     split = make_datalist(data, seed=va_ablation.SPLIT_SEED)
-    parts = {}
-    for name in ("training", "validation"):
-        targets = []
-        for entry in split[name]:
-            targets += volume_targets(backbone, preprocessing, bag_size, args.level, entry, args.shape, options)
-        parts[name] = stacked(targets)
-        objects = sum(len(c) for c in parts[name][3])
-        print(f"{name}: {len(targets)} target slices, {objects} objects on them", flush=True)
+
+    def targets_of(features_of, preprocessing, bag_size) -> dict:
+        parts = {}
+        for name in ("training", "validation"):
+            targets = []
+            for entry in split[name]:
+                targets += volume_targets(features_of, preprocessing, bag_size, entry, args.shape, options)
+            parts[name] = stacked(targets)
+            objects = sum(len(c) for c in parts[name][3])
+            print(f"{name}: {len(targets)} target slices, {objects} objects on them", flush=True)
+        return parts
+
     records = []
-    for seed in args.seeds:
-        for arm in args.arms:
-            record = run_arm(
-                arm, seed, args.steps, va_context_probe.FORMS[args.form], parts["training"], parts["validation"]
-            )
-            records.append({"form": args.form, **record})
-            print(f"{arm} seed {seed}: {va_context_probe.describe(record)}", flush=True)
-    rows, markdown = va_context_probe.summarize(records, list(ARMS), "balanced_accuracy")
+    if args.readout:  # the target head on what each trained ablation network passes on
+        form = va_ablation.FORMS[args.form]
+        for seed in args.seeds:
+            for arm in args.readout:
+                network, preprocessing, bag_size = detector_parts(out, data, args.epochs, args.samples, arm, seed, form)
+                trained = va_ablation.last_checkpoint(out / f"{arm}_seed{seed}", args.epochs)
+                network.load_state_dict(read_state_dict(trained))
+                parts = targets_of(passed_features(network.backbone.eval(), args.level), preprocessing, bag_size)
+                record = run_arm("target", seed, args.steps, {}, parts["training"], parts["validation"])
+                read = va_ablation.va_blocks(network)  # what the trained network is, not the probe's head
+                record |= {"arm": arm, "network": str(trained), "network_va": read, "va_blocks": read["blocks"]}
+                record["images_per_target"] = read["images_per_target"]
+                records.append({"form": args.form, **record})
+                print(f"{arm} seed {seed}: {va_context_probe.describe(record)}", flush=True)
+    else:  # the probe's arms on the pre-trained detector's features of every bag member
+        network, preprocessing, bag_size = detector_parts(out, data, args.pretrain_epochs, args.samples)
+        network.load_state_dict(read_state_dict(checkpoint))
+        parts = targets_of(member_features(network.backbone.eval(), args.level), preprocessing, bag_size)
+        for seed in args.seeds:
+            for arm in args.arms:
+                record = run_arm(
+                    arm, seed, args.steps, va_context_probe.FORMS[args.form], parts["training"], parts["validation"]
+                )
+                records.append({"form": args.form, **record})
+                print(f"{arm} seed {seed}: {va_context_probe.describe(record)}", flush=True)
+    arms = args.readout or list(ARMS)
+    rows, markdown = va_context_probe.summarize(records, arms, "balanced_accuracy")
     settings = {
         "run": str(out),
         "checkpoint": str(checkpoint),
@@ -212,6 +265,7 @@ def main() -> None:
         "seeds": args.seeds,
         "form": {args.form: va_context_probe.FORMS[args.form]},
         "phantom_context": options,
+        "readout": args.readout,
         "targets": {name: len(part[3]) for name, part in parts.items()},
         "objects": {name: sum(len(c) for c in part[3]) for name, part in parts.items()},
         **ablation.machine_settings(1),
