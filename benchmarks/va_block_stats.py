@@ -15,6 +15,8 @@ on the forward passes it sees (issue 22's leads, per block, i.e. per FPN level i
   standard deviation of ``S_s`` over bags and pixels; ``spatial_gate_spread``: standard deviation across bags of each
   bag's mean gate.
 - ``norm_ratio``: mean over bags of ||output|| / ||target features||: what the two gates leave of the target.
+- ``residual_ratio`` (``bag_residual`` blocks): mean over bags of ||W_z(S_att . X_long)|| / ||target features||:
+  how much the bag adds beside the gated target (0 at initialisation).
 
 :func:`recorded_block_stats` installs the recorders on named blocks (wrapping the instances' attention methods and
 hooking their ReLUs; the blocks compute exactly what they did), ``BlockStats.summary()`` gives the figures and
@@ -63,6 +65,8 @@ class BlockStats:
         self.spatial_relu = [0, 0]  # positive values, all values
         self.spatial_gates: list[np.ndarray] = []  # (B, pixels)
         self.norm_ratios: list[np.ndarray] = []  # (B,)
+        self.residual_norms: torch.Tensor | None = None  # (B,) of the pass under way
+        self.residual_ratios: list[np.ndarray] = []  # (B,)
 
     def add_hidden(self, hidden: torch.Tensor) -> None:
         active = (hidden.detach().flatten(1) > 0).cpu()  # (B * N, hidden)
@@ -80,15 +84,23 @@ class BlockStats:
         self.spatial_relu[0] += int((attended.detach() > 0).sum())
         self.spatial_relu[1] += attended.numel()
 
+    def add_residual(self, residual: torch.Tensor) -> None:
+        self.residual_norms = residual.detach().flatten(1).norm(dim=1)
+
     def add_output(self, target: torch.Tensor, output: torch.Tensor) -> None:
-        norms = output.detach().flatten(1).norm(dim=1) / target.detach().flatten(1).norm(dim=1).clamp_min(1e-12)
-        self.norm_ratios.append(norms.float().cpu().numpy())
+        target_norms = target.detach().flatten(1).norm(dim=1).clamp_min(1e-12)
+        self.norm_ratios.append((output.detach().flatten(1).norm(dim=1) / target_norms).float().cpu().numpy())
+        if self.residual_norms is not None:
+            self.residual_ratios.append((self.residual_norms / target_norms).float().cpu().numpy())
+            self.residual_norms = None
 
     def summary(self) -> dict:
         """The figures of the module docstring (those of a switched-off attention are absent); ``bags`` counted."""
         out: dict = {"bags": int(sum(len(r) for r in self.norm_ratios)), "bag_size": self.bag_size}
         if self.norm_ratios:
             out["norm_ratio"] = float(np.concatenate(self.norm_ratios).mean())
+        if self.residual_ratios:
+            out["residual_ratio"] = float(np.concatenate(self.residual_ratios).mean())
         if self.hidden_any is not None:
             out["channel_hidden_alive"] = float(self.hidden_any.float().mean())
             out["channel_hidden_active"] = self.hidden_active[0] / max(self.hidden_active[1], 1)
@@ -131,6 +143,8 @@ def _record(block: VolumetricAttention, stats: BlockStats) -> list:
     handles = []
     if block.channel:
         handles.append(block.channel_embedding[1].register_forward_hook(lambda m, i, o: stats.add_hidden(o)))
+    if block.bag_residual:
+        handles.append(block.bag_projection.register_forward_hook(lambda m, i, o: stats.add_residual(o)))
     if block.spatial and isinstance(block.spatial_head[0], torch.nn.ReLU):
         relu = block.spatial_head[0]
         handles.append(relu.register_forward_pre_hook(lambda m, i: stats.add_spatial_relu_input(i[0])))

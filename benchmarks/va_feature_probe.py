@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import ablation, va_ablation, va_context_probe  # noqa: E402
+from benchmarks.va_block_stats import recorded_block_stats, summaries  # noqa: E402
 from shared.transforms.slice_bags import bag_slice_indices  # noqa: E402
 
 ARMS = {**va_context_probe.ARMS, "stacked": None}
@@ -237,10 +238,14 @@ def main() -> None:
                 network, preprocessing, bag_size = detector_parts(out, data, args.epochs, args.samples, arm, seed, form)
                 trained = va_ablation.last_checkpoint(out / f"{arm}_seed{seed}", args.epochs)
                 network.load_state_dict(read_state_dict(trained))
-                parts = targets_of(passed_features(network.backbone.eval(), args.level), preprocessing, bag_size)
+                backbone = network.backbone.eval()
+                blocks = dict(backbone.attention.items()) if hasattr(backbone, "attention") else {}
+                with recorded_block_stats(blocks) as stats:  # per FPN level, on every target slice
+                    parts = targets_of(passed_features(backbone, args.level), preprocessing, bag_size)
                 record = run_arm("target", seed, args.steps, {}, parts["training"], parts["validation"])
                 read = va_ablation.va_blocks(network)  # what the trained network is, not the probe's head
                 record |= {"arm": arm, "network": str(trained), "network_va": read, "va_blocks": read["blocks"]}
+                record["network_block_stats"] = summaries(stats)
                 record["images_per_target"] = read["images_per_target"]
                 records.append({"form": args.form, **record})
                 print(f"{arm} seed {seed}: {va_context_probe.describe(record)}", flush=True)

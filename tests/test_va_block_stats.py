@@ -94,3 +94,25 @@ def test_switched_off_parts_report_nothing():
     summary = stats["0"].summary()
     assert "channel_entropy" not in summary and "channel_hidden_alive" not in summary
     assert "spatial_entropy" in summary
+
+
+def test_the_residual_ratio_is_what_the_bag_adds_over_the_target():
+    """0 for a fresh block (W_z starts at 0); once W_z is set, ||W_z(S_att . X_long)|| / ||X_tgt|| from the block's
+    own slice attention; absent without the residual."""
+    torch.manual_seed(0)
+    block = VolumetricAttention(2, 32, sequential=False, bag_residual=True).eval()
+    bag = _bag()
+    with torch.no_grad(), recorded_block_stats({"0": block}) as stats:
+        block(bag)
+        assert summaries(stats, reset=True)["0"]["residual_ratio"] == 0.0
+        torch.nn.init.normal_(block.bag_projection.weight)
+        block(bag, 2)
+        att, _ = block.spatial_attention(bag, 2, None)
+        residual = block.bag_projection((att[:, :, None, None, None] * bag).sum(1))
+    ratio = (residual.flatten(1).norm(dim=1) / bag[:, 2].flatten(1).norm(dim=1)).mean()
+    assert float(ratio) > 0.1
+    assert summaries(stats)["0"]["residual_ratio"] == pytest.approx(float(ratio), rel=1e-5)
+    plain = VolumetricAttention(2, 32).eval()
+    with torch.no_grad(), recorded_block_stats({"0": plain}) as plain_stats:
+        plain(bag)
+    assert "residual_ratio" not in summaries(plain_stats)["0"]
