@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # msan_kits end to end on phantom KiTS19 data, CPU-sized (about 10 minutes on 2 cores):
 #   bash scripts/msan_kits_job.sh [OUT_DIR]     (default: outputs/msan_kits_job; a new or empty folder)
-# Environment: ITERATIONS (2000), SEED (0: phantoms and network initialisation), OMP_NUM_THREADS (2).
+# Environment: ITERATIONS (1600), SEED (0: phantoms and network initialisation), OMP_NUM_THREADS (2).
 # Steps: environment -> phantom KiTS19 root -> train (monai.bundle run training) -> evaluate the test split with the
 # trained and with an untrained network -> inference on the test images -> metrics table, overlay PNG, training curves
 # (training_curves.png) -> one summary (`python -m shared summary`: untrained vs trained Dice, time, paths), last.
@@ -10,7 +10,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 source "$REPO/scripts/job_out_dir.sh"
 OUT_DIR=$(new_out_dir "${1:-$REPO/outputs/msan_kits_job}")
-ITERATIONS=${ITERATIONS:-2000}
+ITERATIONS=${ITERATIONS:-1600}
 SEED=${SEED:-0}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 CONFIGS=bundles/msan_kits/configs
