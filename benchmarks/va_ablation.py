@@ -310,6 +310,11 @@ def score(pred_dir: Path, entries: list[dict], lookalikes: dict) -> dict:
     }
 
 
+def fpn_va_blocks(network) -> dict:
+    """The VA blocks a VA Mask R-CNN applies before its RPN, by FPN level; none for a network without them."""
+    return dict(network.backbone.attention.items()) if hasattr(network.backbone, "attention") else {}
+
+
 @contextlib.contextmanager
 def watched_blocks(phase: str, network, trainer) -> Iterator[dict]:
     """The VA blocks' measurements (``benchmarks/va_block_stats.py``) per FPN level: in training one window per epoch
@@ -317,7 +322,7 @@ def watched_blocks(phase: str, network, trainer) -> Iterator[dict]:
     (``{"levels": ...}``); nothing for a network without VA blocks before the RPN."""
     from ignite.engine import Events
 
-    blocks = dict(network.backbone.attention.items()) if hasattr(network.backbone, "attention") else {}
+    blocks = fpn_va_blocks(network)
     log: dict = {}
     if not blocks:
         yield log

@@ -239,8 +239,7 @@ def main() -> None:
                 trained = va_ablation.last_checkpoint(out / f"{arm}_seed{seed}", args.epochs)
                 network.load_state_dict(read_state_dict(trained))
                 backbone = network.backbone.eval()
-                blocks = dict(backbone.attention.items()) if hasattr(backbone, "attention") else {}
-                with recorded_block_stats(blocks) as stats:  # per FPN level, on every target slice
+                with recorded_block_stats(va_ablation.fpn_va_blocks(network)) as stats:  # per level, every target
                     parts = targets_of(passed_features(backbone, args.level), preprocessing, bag_size)
                 record = run_arm("target", seed, args.steps, {}, parts["training"], parts["validation"])
                 read = va_ablation.va_blocks(network)  # what the trained network is, not the probe's head
