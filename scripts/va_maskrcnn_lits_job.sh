@@ -19,8 +19,9 @@
 # within 15 minutes on a machine 1.6x slower than the one it was sized on); HU window [-100, 200] instead of
 # [-200, 300]; 300/100 RPN proposals, 64 RoIs per image, 20 detections per slice; AdamW (lr 0.001, weight decay
 # 1e-4, fused) instead of the paper's SGD (lr 0.02 x 2 / 16), with the config's warm-up and steps at 8/12 and 11/12
-# of the iterations: from random weights it learns the lesions about twice as fast (docs/experiments/va_maskrcnn_lits.md); lesion slices over-sampled 10x instead of 3x; epochs of 240 sampled
-# slices instead of a pass over the ~1500 training slices; no data-loading workers.
+# of the iterations: from random weights it learns the lesions about twice as fast
+# (docs/experiments/va_maskrcnn_lits.md); lesion slices over-sampled 10x instead of 3x; epochs of 240 sampled slices
+# instead of a pass over the ~1500 training slices; no data-loading workers.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 source "$REPO/scripts/job_out_dir.sh"
