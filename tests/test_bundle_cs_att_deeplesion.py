@@ -190,6 +190,27 @@ def test_va_overlay_replaces_the_network(configs, name):
     assert any(type(m).__name__ == "VolumetricAttention" for m in network.modules())
 
 
+@pytest.mark.parametrize("name", ["train.json", "inference.json"])
+def test_va_overlay_block_knobs_reach_the_blocks(configs, name):
+    """The VA knobs of va_maskrcnn_lits, typed as the command line gives them (strings), set every VA block."""
+
+    def blocks(**knobs):
+        parser = ConfigParser()
+        parser.read_config(_files(configs, name, VA_OVERLAY))
+        for key, value in {"backbone": "resnet18", "max_size": 64, **knobs}.items():
+            parser[key] = value
+        network = parser.get_parsed_content("network_def")
+        return [m for m in network.modules() if type(m).__name__ == "VolumetricAttention"]
+
+    paper = blocks()
+    assert paper and all(b.channel and b.spatial and b.sequential and not b.bag_residual for b in paper)
+    assert all(not (b.spatial_scale or b.gate_norm) for b in paper)
+    changed = blocks(channel_attention="false", bag_residual="true", gate_norm="True")
+    assert len(changed) == len(paper)
+    assert all(not b.channel and b.spatial and b.bag_residual and b.gate_norm for b in changed)
+    assert blocks(attention="0") == []
+
+
 # A run id added by an extra config file: the CS-Att parameters of the network built from the user's flags.
 PROBE = {
     "probe": "$print('CS-Att:', sorted({k.split('.')[2] for k in @network_def.state_dict() if '.attention.' in k}),"
