@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from monai.bundle import ConfigParser
+from PIL import Image
 
 from shared.data import lits
 from shared.phantoms import ct
@@ -25,17 +26,25 @@ SHAPE = (48, 48, 48)  # (rows, cols, slices at 1.5 mm)
 DEFAULT_DIGEST = "bc81d32b35063b718405c86ed3aa6307379f4ce8742980547d52a8191590917c"
 # make_phantoms(num_cases=2, seed=3, shape=(24, 24, 16), num_test=1, context=True) before --context_bag existed
 # (computed with the code of 1caf574), and deeplesion's make_phantoms(num_cases=3, seed=3, image_size=48, context=True)
+# (its PNGs by pixels, computed with the code of 0b351c6, before the PNGs were written at zlib level 1)
 CONTEXT_DIGESTS = {
     "lits": "9df736245f189d911583f3cd6f265fe686996a43fda543868db644302ed54b2b",
-    "deeplesion": "a93e65a79ca71a5a67d21c758a5ec3d65a1ed77ba20f7ade37636645b93cab63",
+    "deeplesion": "66ee66b106d6946642d2f9d682b7a5be6a8929bd7bc5ad0765418285160014c4",
 }
 
 
 def digest(root: Path) -> str:
+    """SHA-256 over every file's name and content: a PNG's decoded pixels (dtype, shape, values; not its zlib stream,
+    which the encoder's compression level changes), any other file's bytes."""
     sha = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         sha.update(str(path.relative_to(root)).encode())
-        sha.update(path.read_bytes())
+        if path.suffix == ".png":
+            pixels = np.asarray(Image.open(path))
+            sha.update(f"{pixels.dtype.str}{pixels.shape}".encode())
+            sha.update(pixels.tobytes())
+        else:
+            sha.update(path.read_bytes())
     return sha.hexdigest()
 
 
