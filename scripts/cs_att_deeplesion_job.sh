@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# cs_att_deeplesion end to end on phantom DeepLesion data, CPU-sized (about 13 minutes on 2 idle cores on a slow day):
+# cs_att_deeplesion end to end on phantom DeepLesion data, CPU-sized (about 12 minutes on 2 idle cores):
 #   bash scripts/cs_att_deeplesion_job.sh [OUT_DIR]     (default: outputs/cs_att_deeplesion_job; a new or empty folder)
 # Environment: EPOCHS (6), NUM_CASES (288 phantom series), SEED (0: phantoms and network initialisation),
 # OMP_NUM_THREADS (2; use 1 when other jobs share the 2 cores: two threads fighting them ran 2-3x slower).

@@ -40,7 +40,8 @@ def digest(root: Path) -> str:
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         sha.update(str(path.relative_to(root)).encode())
         if path.suffix == ".png":
-            pixels = np.asarray(Image.open(path))
+            with Image.open(path) as image:
+                pixels = np.asarray(image)
             sha.update(f"{pixels.dtype.str}{pixels.shape}".encode())
             sha.update(pixels.tobytes())
         else:
